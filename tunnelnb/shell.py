@@ -1,0 +1,200 @@
+"""Framing commands over a raw PTY stream, sans-I/O (DESIGN §3).
+
+A device writes ``command`` data into an interactive shell like keystrokes and
+streams back whatever the terminal prints: no exit status, no end of output,
+``\\r\\n`` line ends, escape sequences, echo, UTF-8 split across chunks.  This
+module makes commands out of that stream:
+
+* :func:`setup_script` quietens the shell once per session;
+* :func:`command_script` wraps a command between two markers carrying a fresh id;
+* :class:`TerminalText` turns raw chunks into clean text, incrementally;
+* :class:`CommandParser` finds a command's output and exit code between its markers.
+
+Nothing here touches a socket, so every edge case is a unit test.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_TYPED_LINE",
+    "CommandParser",
+    "Output",
+    "Finished",
+    "TerminalText",
+    "command_script",
+    "new_marker_id",
+    "setup_script",
+]
+
+#: A canonical-mode terminal takes at most 4,095 bytes per typed line; stay well below.
+MAX_TYPED_LINE = 1000
+
+_B64_LINE = 76
+
+
+def setup_script() -> str:
+    """Sent once after login: no echo, no prompts, no ``\\n`` → ``\\r\\n`` rewriting, a dumb terminal."""
+    return "stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export TERM=dumb\n"
+
+
+def new_marker_id(seq: int, session_tag: str) -> str:
+    """A marker id: letters and digits only, unique within the session."""
+    return f"{session_tag}x{seq}"
+
+
+def _needs_encoding(command: str) -> bool:
+    """Would the terminal's line discipline mangle ``command`` if typed as is?"""
+    for line in command.split("\n"):
+        if len(line.encode("utf-8", "surrogatepass")) >= MAX_TYPED_LINE:
+            return True
+    # Control characters are line-editing keys to a terminal (^C, ^U, ^W, DEL, tab completion…).
+    return any((ord(c) < 32 and c != "\n") or c == "\x7f" for c in command)
+
+
+def command_script(marker_id: str, command: str) -> str:
+    """The text to type so the shell prints ``command``'s output between markers.
+
+    The typed text contains ``%s``, so an echo of it never matches the printed
+    markers.  stdin comes from ``/dev/null`` so a command cannot swallow the
+    lines typed after it.  A command with long lines or control characters is
+    sent as a here-document of short base64 lines and ``eval``'d, so it
+    still runs in the session's shell (``cd`` and variables persist).
+    """
+    if not marker_id.isalnum():
+        raise ValueError("marker id must be letters and digits")
+    if _needs_encoding(command):
+        encoded = base64.b64encode(command.encode("utf-8", "surrogateescape")).decode("ascii")
+        lines = [encoded[i : i + _B64_LINE] for i in range(0, len(encoded), _B64_LINE)]
+        body = "eval \"$(base64 -d <<'__TNB_H_%s__'\n%s\n__TNB_H_%s__\n)\"" % (marker_id, "\n".join(lines), marker_id)
+    else:
+        body = command
+    return (
+        f"printf '__TNB_B_%s__\\n' {marker_id}\n"
+        f"{{ {body}\n"
+        "} </dev/null\n"
+        f"printf '__TNB_E_%s_%d__\\n' {marker_id} $?\n"
+    )
+
+
+# Terminal escape sequences: CSI, OSC (ended by BEL or ST), and two-byte escapes.
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]{0,512}(?:\x07|\x1b\\)|[()*+][0-9A-Za-z]|[@-Z\\-_=>])")
+# An escape that may still be incomplete at the end of a chunk.
+_PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]{0,512}\x1b?|[()*+])?\Z")
+
+
+class TerminalText:
+    """Raw terminal chunks in, clean text out, incrementally.
+
+    Decodes UTF-8 across chunk boundaries (bytes a device could not decode may
+    arrive as ``surrogateescape`` surrogates and are reassembled here), turns
+    ``\\r\\n`` into ``\\n`` and drops terminal escape sequences.  Holds back only
+    what the next chunk could change: part of a character, a trailing ``\\r``,
+    an unfinished escape sequence.
+    """
+
+    def __init__(self, *, strip_escapes: bool = True) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        self._strip = strip_escapes
+
+    def feed(self, chunk: str | bytes) -> str:
+        raw = chunk if isinstance(chunk, bytes) else chunk.encode("utf-8", "surrogateescape")
+        return self._clean(self._pending + self._decoder.decode(raw), final=False)
+
+    def flush(self) -> str:
+        return self._clean(self._pending + self._decoder.decode(b"", final=True), final=True)
+
+    def _clean(self, text: str, *, final: bool) -> str:
+        self._pending = ""
+        if not final:
+            hold = 0
+            if self._strip:
+                m = _PARTIAL_ESCAPE.search(text)
+                if m:
+                    hold = len(text) - m.start()
+            if not hold and text.endswith("\r"):
+                hold = 1
+            if hold:
+                text, self._pending = text[:-hold], text[-hold:]
+        text = text.replace("\r\n", "\n")
+        if self._strip:
+            text = _ESCAPE.sub("", text)
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Output of the command, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The end marker: the command is done with this exit status."""
+
+    exit_code: int
+
+
+class CommandParser:
+    """Finds one command's output and exit code in the cleaned terminal stream.
+
+    Everything before the command's begin marker (banners, leftovers of an
+    earlier command that timed out, lost chunks) is skipped; the end marker
+    may follow output on the same line (``printf abc`` has no newline).
+    """
+
+    def __init__(self, marker_id: str) -> None:
+        self.marker_id = marker_id
+        self._begin = f"__TNB_B_{marker_id}__\n"
+        self._end_prefix = f"__TNB_E_{marker_id}_"
+        self._end = re.compile(re.escape(self._end_prefix) + r"(\d+)__\n")
+        self._buf = ""
+        self.started = False
+        self.finished: Finished | None = None
+
+    def feed(self, text: str) -> list[Output | Finished]:
+        """Feed cleaned text (from :class:`TerminalText`); return the events it completes."""
+        if self.finished is not None:
+            return []
+        events: list[Output | Finished] = []
+        buf = self._buf + text
+        if not self.started:
+            pos = buf.find(self._begin)
+            if pos < 0:
+                self._buf = buf[-(len(self._begin) - 1) :]
+                return events
+            self.started = True
+            buf = buf[pos + len(self._begin) :]
+        m = self._end.search(buf)
+        if m:
+            if m.start():
+                events.append(Output(buf[: m.start()]))
+            self.finished = Finished(int(m.group(1)))
+            events.append(self.finished)
+            self._buf = ""
+            return events
+        keep = _marker_tail(buf, self._end_prefix)
+        if keep < len(buf):
+            events.append(Output(buf[: len(buf) - keep]))
+        self._buf = buf[len(buf) - keep :]
+        return events
+
+
+def _marker_tail(buf: str, prefix: str) -> int:
+    """How many trailing chars of ``buf`` could still become the end marker."""
+    pos = buf.rfind(prefix)
+    if pos >= 0:
+        tail = buf[pos + len(prefix) :]
+        # prefix + digits + "__" awaiting its newline, or still growing
+        if re.fullmatch(r"\d*(_(_)?)?", tail):
+            return len(buf) - pos
+    for n in range(min(len(prefix) - 1, len(buf)), 0, -1):
+        if prefix.startswith(buf[-n:]):
+            return n
+    return 0
