@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .protocol import ProtocolError
@@ -44,7 +44,7 @@ TUNNEL_NOTIFY = "tunnel_notify"
 
 def link_timestamp(now: datetime | None = None) -> str:
     """The timestamp format of IoTDA's device login: ``YYYYMMDDHH`` in UTC."""
-    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%d%H")
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H")
 
 
 def device_password(secret: str, timestamp: str) -> str:
@@ -54,7 +54,7 @@ def device_password(secret: str, timestamp: str) -> str:
 
 def event_time(now: datetime | None = None) -> str:
     """IoTDA's time format, ``yyyyMMdd'T'HHmmss'Z'``."""
-    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def tunnel_notify(tunnel_uri: str, token: str, expires_in: int, when: datetime | None = None) -> dict[str, Any]:

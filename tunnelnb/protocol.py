@@ -28,11 +28,11 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "SERVICE_TYPE",
     "SSH_IDLE_REQUEST_ID",
-    "Status",
     "Frame",
     "Op",
     "ProtocolError",
     "RequestIds",
+    "Status",
     "chunk_text",
     "decode_frame",
     "encode_frame",
@@ -67,7 +67,7 @@ class ProtocolError(ValueError):
     """A frame that cannot be understood; the message names the problem."""
 
 
-class Op(str, enum.Enum):
+class Op(enum.StrEnum):
     """The eight operation types of the Secure Tunnel protocol."""
 
     CONNECT_TUNNEL = "connect_tunnel"
@@ -78,9 +78,6 @@ class Op(str, enum.Enum):
     DISCONNECT = "disconnect"
     PING = "ping"
     PONG = "pong"
-
-    def __str__(self) -> str:  # "command", not "Op.COMMAND", in messages
-        return self.value
 
 
 _OPS = {op.value: op for op in Op}

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 __all__ = [
     "MAX_TYPED_LINE",
     "CommandParser",
-    "Output",
     "Finished",
+    "Output",
     "TerminalText",
     "command_script",
     "new_marker_id",
@@ -70,7 +70,8 @@ def command_script(marker_id: str, command: str) -> str:
     if _needs_encoding(command):
         encoded = base64.b64encode(command.encode("utf-8", "surrogateescape")).decode("ascii")
         lines = [encoded[i : i + _B64_LINE] for i in range(0, len(encoded), _B64_LINE)]
-        body = "eval \"$(base64 -d <<'__TNB_H_%s__'\n%s\n__TNB_H_%s__\n)\"" % (marker_id, "\n".join(lines), marker_id)
+        heredoc = f"__TNB_H_{marker_id}__"
+        body = "eval \"$(base64 -d <<'" + heredoc + "'\n" + "\n".join(lines) + "\n" + heredoc + "\n)\""
     else:
         body = command
     return (
