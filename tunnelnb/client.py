@@ -134,12 +134,18 @@ class DeviceSession:
         self._listeners: list[Callable[[str], None]] = []
         self.logged_in = False
         self._logging_in = False
+        self._needs_sync = False
         self.closed = False
         self.last_error: str = ""
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "logged in" if self.logged_in else "joined" if self.joined else "open"
         return f"<DeviceSession {self.device_id} tunnel={self.tunnel_id} {state}>"
+
+    @property
+    def max_received_bytes(self) -> int:
+        """The largest message the device has sent through this session's current connection."""
+        return self._sock.max_received_bytes if self._sock is not None else 0
 
     @property
     def joined(self) -> bool:
@@ -380,12 +386,13 @@ class DeviceSession:
             self._login_waiter = None
             self._logging_in = False
         self.logged_in = True
+        self._needs_sync = False
         log.info("device %s: logged in as %s", self.device_id, user)
 
     async def _sync_shell(self, deadline: float) -> None:
         """Quieten the shell, then run no-ops until one comes back (early input may be lost)."""
         loop = asyncio.get_running_loop()
-        wait = 1.0
+        wait = 0.5
         while True:
             await self._send_text(setup_script())
             remaining = deadline - loop.time()
@@ -432,6 +439,14 @@ class DeviceSession:
                     return result(ResultStatus.OFFLINE, error=str(exc))
                 except TunnelnbError as exc:
                     return result(ResultStatus.DISCONNECTED, error=str(exc))
+            if self._needs_sync:
+                try:
+                    await self._sync_shell(asyncio.get_running_loop().time() + timeout)
+                except TimeoutError:
+                    return result(ResultStatus.TIMEOUT, error=f"the shell did not answer within {timeout:g} s")
+                except (DeviceDisconnected, TunnelError) as exc:
+                    return result(ResultStatus.DISCONNECTED, error=str(exc))
+                self._needs_sync = False
             chunks: list[str] = []
 
             def collect(text: str) -> None:
@@ -497,6 +512,9 @@ class DeviceSession:
         except (TimeoutError, asyncio.CancelledError):
             if interrupt:
                 await self._interrupt()
+                # The terminal flushes typed-ahead input on Ctrl-C: the next command
+                # must wait until the shell answers again.
+                self._needs_sync = True
             raise
         finally:
             self._running = None

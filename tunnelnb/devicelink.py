@@ -94,6 +94,8 @@ def parse_event(payload: str | bytes | dict[str, Any]) -> list[TunnelNotify]:
             payload = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"device event is not JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("device event is not JSON: nested too deeply") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("services"), list):
         raise ProtocolError("device event must be an object with a 'services' list")
     notes = []

@@ -224,7 +224,7 @@ def frame_from_dict(obj: Any) -> Frame:
             if not isinstance(data.get(key), str):
                 raise ProtocolError(f"connect data.{key} must be a string, got {_json_kind(data.get(key))}")
         port = data.get("port", 22)
-        if isinstance(port, str) and port.isdigit():
+        if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5:
             port = int(port)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ProtocolError(f"connect data.port must be a TCP port number, got {port!r}")

@@ -39,7 +39,8 @@ _B64_LINE = 76
 
 def setup_script() -> str:
     """Sent once after login: no echo, no prompts, no ``\\n`` → ``\\r\\n`` rewriting, a dumb terminal."""
-    return "stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export TERM=dumb\n"
+    # bash would expand "!" in typed lines (history); turn that off where it exists.
+    return "stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export TERM=dumb; case $- in *H*) set +H;; esac\n"
 
 
 def new_marker_id(seq: int, session_tag: str) -> str:
@@ -60,20 +61,24 @@ def command_script(marker_id: str, command: str) -> str:
     """The text to type so the shell prints ``command``'s output between markers.
 
     The typed text contains ``%s``, so an echo of it never matches the printed
-    markers.  stdin comes from ``/dev/null`` so a command cannot swallow the
-    lines typed after it.  A command with long lines or control characters is
+    markers.  The command is ``eval``'d from a single-quoted string, so a syntax
+    error stays inside it, and stdin comes from ``/dev/null``, so a command cannot
+    swallow the lines typed after it.  A command with long lines or control characters is
     sent as a here-document of short base64 lines and ``eval``'d, so it
     still runs in the session's shell (``cd`` and variables persist).
     """
     if not marker_id.isalnum():
         raise ValueError("marker id must be letters and digits")
-    if _needs_encoding(command):
+    # Single-quoted for eval: an unbalanced quote, a trailing backslash or an empty
+    # command fails inside eval instead of swallowing the lines typed after it.
+    quoted = "eval '" + command.replace("'", "'\\''") + "'"
+    if _needs_encoding(quoted):
         encoded = base64.b64encode(command.encode("utf-8", "surrogateescape")).decode("ascii")
         lines = [encoded[i : i + _B64_LINE] for i in range(0, len(encoded), _B64_LINE)]
         heredoc = f"__TNB_H_{marker_id}__"
         body = "eval \"$(base64 -d <<'" + heredoc + "'\n" + "\n".join(lines) + "\n" + heredoc + "\n)\""
     else:
-        body = command
+        body = quoted
     return (
         f"printf '__TNB_B_%s__\\n' {marker_id}\n"
         f"{{ {body}\n"
@@ -83,9 +88,14 @@ def command_script(marker_id: str, command: str) -> str:
 
 
 # Terminal escape sequences: CSI, OSC (ended by BEL or ST), and two-byte escapes.
-_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]{0,512}(?:\x07|\x1b\\)|[()*+][0-9A-Za-z]|[@-Z\\-_=>])")
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]{0,512}(?:\x07|\x1b\\)|[()*+][0-9A-Za-z]|[0-Z\\^-~])")
 # An escape that may still be incomplete at the end of a chunk.
 _PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]{0,512}\x1b?|[()*+])?\Z")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_PAIR = re.compile("([\ud800-\udbff])([\udc00-\udfff])")
+_NOT_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 class TerminalText:
@@ -101,14 +111,34 @@ class TerminalText:
     def __init__(self, *, strip_escapes: bool = True) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
+        self._high = ""  # a high surrogate waiting for its pair
         self._strip = strip_escapes
 
     def feed(self, chunk: str | bytes) -> str:
-        raw = chunk if isinstance(chunk, bytes) else chunk.encode("utf-8", "surrogateescape")
+        raw = chunk if isinstance(chunk, bytes) else self._to_bytes(chunk)
         return self._clean(self._pending + self._decoder.decode(raw), final=False)
 
+    def _to_bytes(self, chunk: str) -> bytes:
+        """Text from a frame as the device's bytes.
+
+        ``\\udc80`` to ``\\udcff`` are bytes carried with ``surrogateescape``; a UTF-16
+        pair split between two frames (a C# device) is put back together; any
+        other lone surrogate becomes U+FFFD.
+        """
+        chunk = self._high + chunk
+        self._high = ""
+        if not _SURROGATE.search(chunk):
+            return chunk.encode("utf-8")
+        if "\ud800" <= chunk[-1] <= "\udbff":
+            chunk, self._high = chunk[:-1], chunk[-1]
+        chunk = _PAIR.sub(lambda m: chr(0x10000 + ((ord(m[1]) - 0xD800) << 10) + ord(m[2]) - 0xDC00), chunk)
+        chunk = _NOT_BYTE.sub("\ufffd", chunk)
+        return chunk.encode("utf-8", "surrogateescape")
+
     def flush(self) -> str:
-        return self._clean(self._pending + self._decoder.decode(b"", final=True), final=True)
+        tail = "\ufffd" if self._high else ""
+        self._high = ""
+        return self._clean(self._pending + self._decoder.decode(b"", final=True) + tail, final=True)
 
     def _clean(self, text: str, *, final: bool) -> str:
         self._pending = ""

@@ -58,6 +58,8 @@ class TunnelSocket:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, *, max_message_bytes: int) -> None:
         self._ws = ws
         self.max_message_bytes = max_message_bytes
+        #: The largest message received so far, in bytes (a cheap check on devices' chunking).
+        self.max_received_bytes = 0
 
     @classmethod
     async def open(
@@ -114,6 +116,7 @@ class TunnelSocket:
         while True:
             msg = await self._ws.receive()
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                self.max_received_bytes = max(self.max_received_bytes, len(msg.data))
                 try:
                     return decode_frame(msg.data, max_bytes=None)
                 except ProtocolError as exc:
