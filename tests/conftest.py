@@ -1,0 +1,144 @@
+"""Shared fixtures: real servers on loopback, started and stopped per test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunnelnb.agent import Agent
+from tunnelnb.api import PlatformAPI
+from tunnelnb.platform import Platform
+from tunnelnb.sshserver import ShellServer
+
+API_TOKEN = "test-api-token-" + secrets.token_hex(4)
+SSH_USER, SSH_PASSWORD = "ops", "ops-pass-" + secrets.token_hex(4)
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[Platform]:
+    async with Platform(api_token=API_TOKEN, heartbeat=None) as p:
+        yield p
+
+
+@pytest.fixture
+async def api(platform: Platform) -> AsyncIterator[PlatformAPI]:
+    async with PlatformAPI(platform.base_url, project_id=platform.project_id, api_token=API_TOKEN) as client:
+        yield client
+
+
+@pytest.fixture
+async def ssh_server(tmp_path: Path) -> AsyncIterator[ShellServer]:
+    async with ShellServer(users={SSH_USER: SSH_PASSWORD}, cwd=str(tmp_path)) as srv:
+        yield srv
+
+
+@dataclass
+class Devices:
+    """Registers devices on the platform and runs their agents; stops them all at the end."""
+
+    platform: Platform
+    agents: list[Agent] = field(default_factory=list)
+
+    async def add(self, device_id: str, *, secret: str | None = None, **agent_kwargs: Any) -> Agent:
+        secret = secret or "secret-" + secrets.token_hex(4)
+        self.platform.add_device(device_id, secret)
+        agent = Agent(self.platform.base_url, device_id, secret, heartbeat=None, **agent_kwargs)
+        await agent.start()
+        await agent.wait_online(10)
+        self.agents.append(agent)
+        return agent
+
+    async def stop(self) -> None:
+        for agent in self.agents:
+            await agent.stop()
+
+
+@pytest.fixture
+async def devices(platform: Platform) -> AsyncIterator[Devices]:
+    d = Devices(platform)
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+# --- OpenSSH's sshd, from Debian's openssh-server, on a loopback port of its own ----------
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+OPENSSH_USER = "tunnelnb-test"
+
+
+@dataclass(frozen=True)
+class OpenSSHServer:
+    host: str
+    port: int
+    user: str
+    password: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_test_user(password: str) -> None:
+    """A throw-away local user with a known password (sshd checks real accounts)."""
+    try:
+        pwd.getpwnam(OPENSSH_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/bash", OPENSSH_USER], check=True, capture_output=True
+        )
+    subprocess.run(["chpasswd"], input=f"{OPENSSH_USER}:{password}\n", text=True, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def openssh() -> Iterator[OpenSSHServer]:
+    if SSHD is None:
+        pytest.skip("OpenSSH's sshd is not installed (Debian package openssh-server; .ci/run installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("running sshd with password logins for a test user needs root")
+    password = "Tnb-" + secrets.token_urlsafe(12)
+    _ensure_test_user(password)
+    workdir = Path(tempfile.mkdtemp(prefix="tunnelnb-sshd-"))
+    key = workdir / "host_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+    port = _free_port()
+    config = workdir / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {workdir / 'sshd.pid'}\n"
+        "UsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
+        f"AllowUsers {OPENSSH_USER}\nStrictModes no\nPrintMotd no\nAuthorizedKeysFile none\n"
+    )
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.1)
+        yield OpenSSHServer("127.0.0.1", port, OPENSSH_USER, password)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
