@@ -1,0 +1,181 @@
+"""The ``tunnelnb`` command: a thin face over the servers and the Python API.
+
+Each subcommand parses its arguments and calls one function of the layer that
+owns the work; nothing here speaks the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+
+from .errors import TunnelnbError
+
+__all__ = ["main"]
+
+DEFAULT_PORT = 8765
+
+
+def _add_log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log on stderr (never tokens or passwords)",
+    )
+
+
+def _add_platform_auth(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--project-id",
+        default=os.environ.get("TUNNELNB_PROJECT_ID", "demo"),
+        help="IoTDA project id (default: $TUNNELNB_PROJECT_ID or 'demo')",
+    )
+    p.add_argument(
+        "--api-token",
+        default=None,
+        help="API token sent as X-Auth-Token (default: $TUNNELNB_API_TOKEN); prefer the variable, "
+        "command lines are visible to other users",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunnelnb",
+        description="Operate IoT devices behind Huawei Cloud IoTDA's Secure Tunnel.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("platform", help="serve a local IoTDA-compatible platform (REST + WebSocket), in memory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    _add_platform_auth(p)
+    p.add_argument("--max-message-bytes", type=int, default=10_240, help="WebSocket message limit (default 10240)")
+    p.add_argument("--token-ttl", type=int, default=86_400, help="tunnel token lifetime in seconds (default 86400)")
+    _add_log_level(p)
+
+    p = sub.add_parser("agent", help="the device side: keep the device link, bridge tunnels to SSH")
+    p.add_argument("--platform", required=True, metavar="URL", help="platform base URL, e.g. http://127.0.0.1:8765")
+    p.add_argument("--device-id", required=True)
+    p.add_argument(
+        "--device-secret",
+        default=None,
+        help="device secret (default: $TUNNELNB_DEVICE_SECRET); prefer the variable",
+    )
+    backend = p.add_mutually_exclusive_group()
+    backend.add_argument("--ssh", default="127.0.0.1:22", metavar="HOST:PORT", help="SSH server (default 127.0.0.1:22)")
+    backend.add_argument(
+        "--local-shell",
+        action="store_true",
+        help="no sshd: spawn a PTY shell directly; logins must match --login-user and $TUNNELNB_LOGIN_PASSWORD",
+    )
+    p.add_argument("--login-user", default=os.environ.get("USER", "ops"), help="user name for --local-shell")
+    p.add_argument("--shell", default="/bin/sh", help="shell for --local-shell (default /bin/sh)")
+    p.add_argument(
+        "--quirks",
+        choices=["none", "c-sdk", "csharp-sdk"],
+        default="none",
+        help="behave like an official device SDK (for testing clients)",
+    )
+    p.add_argument("--idle-timeout", type=float, default=600.0, help="close an idle SSH session after S seconds")
+    p.add_argument("--max-message-bytes", type=int, default=10_240)
+    _add_log_level(p)
+
+    sub.add_parser("demo", help="start a platform and a device in-process and run a few commands")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _secret(value: str | None, env: str, what: str) -> str:
+    secret = value or os.environ.get(env)
+    if not secret:
+        raise SystemExit(f"tunnelnb: no {what}: pass it in ${env} (or the command-line option)")
+    return secret
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SystemExit(f"tunnelnb: --ssh wants HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "platform":
+            return _platform(args)
+        if args.command == "agent":
+            return _agent(args)
+        if args.command == "demo":
+            from .demo import main as demo_main
+
+            return demo_main()
+    except KeyboardInterrupt:
+        return 130
+    except TunnelnbError as exc:
+        # Errors raised on purpose carry one sentence for the operator: no traceback.
+        print(f"tunnelnb: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(args.command)
+
+
+def _platform(args: argparse.Namespace) -> int:
+    from .platform import serve
+
+    _configure_logging(args.log_level)
+    token = args.api_token or os.environ.get("TUNNELNB_API_TOKEN")
+    if not token:
+        # Like Jupyter's server token: made up once and shown to the operator only, never logged.
+        token = secrets.token_urlsafe(24)
+        print(f"no API token given; use this one: export TUNNELNB_API_TOKEN={token}", flush=True)
+    asyncio.run(
+        serve(
+            host=args.host,
+            port=args.port,
+            project_id=args.project_id,
+            api_token=token,
+            max_message_bytes=args.max_message_bytes,
+            token_ttl=args.token_ttl,
+        )
+    )
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from .agent import serve
+
+    _configure_logging(args.log_level)
+    secret = _secret(args.device_secret, "TUNNELNB_DEVICE_SECRET", "device secret")
+    kwargs: dict[str, object] = {}
+    if args.local_shell:
+        password = _secret(None, "TUNNELNB_LOGIN_PASSWORD", "login password for --local-shell")
+        kwargs["local_shell"] = (args.login_user, password)
+        kwargs["shell"] = (args.shell,)
+    else:
+        kwargs["ssh_host"], kwargs["ssh_port"] = _host_port(args.ssh)
+    asyncio.run(
+        serve(
+            platform_url=args.platform,
+            device_id=args.device_id,
+            device_secret=secret,
+            quirks=args.quirks,
+            idle_timeout=args.idle_timeout,
+            max_message_bytes=args.max_message_bytes,
+            **kwargs,
+        )
+    )
+    return 0
