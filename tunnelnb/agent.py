@@ -901,10 +901,8 @@ class Agent:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, connect=15))
         try:
             ws = await self._connect_link()
-        except BaseException as exc:
+        except BaseException:
             await self._http.close()
-            if isinstance(exc, TunnelnbError):
-                log.error("%s", exc)  # one clear line; no retry loop on a wrong secret
             raise
         self._link_task = asyncio.create_task(self._link_loop(ws), name=f"tunnelnb-agent-link-{self.device_id}")
 

@@ -130,7 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Errors raised on purpose carry one sentence for the operator: no traceback.
         print(f"tunnelnb: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. the port is taken
+        print(f"tunnelnb: {exc.strerror or exc}{_where(args)}", file=sys.stderr)
+        return 1
     raise AssertionError(args.command)
+
+
+def _where(args: argparse.Namespace) -> str:
+    if getattr(args, "command", None) == "platform":
+        return f" ({args.host}:{args.port}): pick another --port, or 0 for a free one"
+    return ""
 
 
 def _platform(args: argparse.Namespace) -> int:
