@@ -1,5 +1,70 @@
-"""tunnelnb: operate IoT devices behind Huawei Cloud IoTDA's Secure Tunnel from notebooks."""
+"""tunnelnb: operate IoT devices behind Huawei Cloud IoTDA's Secure Tunnel from notebooks.
+
+    fleet = await tunnelnb.connect("http://127.0.0.1:8765", project_id="demo", api_token="…")
+    res = await fleet.run("uptime", targets="device-*", timeout=30)
+    res.df
+"""
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "connect"]
+
+if TYPE_CHECKING:
+    from .fleet import Fleet
+
+
+async def connect(
+    url: str | None = None,
+    *,
+    project_id: str | None = None,
+    api_token: str | None = None,
+    embedded: bool = False,
+    devices: int = 8,
+    seed: int = 1,
+    **fleet_options: Any,
+) -> Fleet:
+    """A :class:`~tunnelnb.fleet.Fleet` for a platform at ``url``, or an embedded one.
+
+    ``embedded=True`` starts a local platform and a simulated fleet of ``devices``
+    devices (seeded by ``seed``) in this process; the fleet then knows their login.
+    ``project_id`` and ``api_token`` default to ``$TUNNELNB_PROJECT_ID`` and
+    ``$TUNNELNB_API_TOKEN``.
+    """
+    from .api import PlatformAPI
+    from .errors import TunnelnbError
+    from .fleet import Fleet
+
+    if embedded:
+        from .platform import Platform
+        from .sim import SimulatedFleet
+
+        platform = Platform(project_id=project_id or "demo")
+        await platform.start()
+        sim = SimulatedFleet(
+            platform.base_url, devices=devices, seed=seed, api_token=platform.api_token, project_id=platform.project_id
+        )
+        try:
+            await sim.start()
+        except BaseException:
+            await platform.stop()
+            raise
+        api = PlatformAPI(platform.base_url, project_id=platform.project_id, api_token=platform.api_token)
+        fleet = Fleet(api, login=sim.login(), cleanup=[platform.stop, sim.stop], **fleet_options)
+        fleet.embedded = (platform, sim)  # type: ignore[attr-defined]
+        await fleet.refresh()
+        return fleet
+    url = url or os.environ.get("TUNNELNB_URL")
+    if not url:
+        raise TunnelnbError("no platform URL: tunnelnb.connect(url) or $TUNNELNB_URL, or embedded=True")
+    project_id = project_id or os.environ.get("TUNNELNB_PROJECT_ID") or "demo"
+    api_token = api_token or os.environ.get("TUNNELNB_API_TOKEN")
+    if not api_token:
+        raise TunnelnbError("no API token: pass api_token=... or set $TUNNELNB_API_TOKEN")
+    fleet = Fleet(PlatformAPI(url, project_id=project_id, api_token=api_token), **fleet_options)
+    await fleet.refresh()
+    return fleet

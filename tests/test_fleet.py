@@ -1,0 +1,107 @@
+"""Fleet fan-out over real agents, SSH servers and shells on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tunnelnb.fleet import Fleet
+from tunnelnb.sshserver import ShellServer
+from tunnelnb.targets import UnknownTargets
+
+from .conftest import SSH_PASSWORD, SSH_USER, Devices
+
+
+@pytest.fixture
+async def fleet(api, platform, devices: Devices, ssh_server, tmp_path):
+    """Four good devices, one with another password, one offline."""
+    for i in range(1, 5):
+        await devices.add(f"device-0{i}", ssh_port=ssh_server.port)
+    other = ShellServer(users={SSH_USER: "a-different-password"}, cwd=str(tmp_path))
+    await other.start()
+    await devices.add("device-05", ssh_port=other.port)
+    platform.add_device("device-06", "never-online", tags={"role": "edge"})
+    f = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
+    await f.refresh()
+    try:
+        yield f
+    finally:
+        await f.close("*")
+        await other.stop()
+
+
+async def test_every_device_gets_a_row(fleet: Fleet):
+    res = await fleet.run("echo hello; (exit 0)", timeout=10)
+    df = res.df
+    assert list(df.columns) == [
+        "device_id", "command", "status", "exit_code", "stdout", "duration_s", "started_at", "error"
+    ]
+    status = dict(zip(df.device_id, df.status, strict=True))
+    assert status == {
+        "device-01": "ok", "device-02": "ok", "device-03": "ok", "device-04": "ok",
+        "device-05": "auth_failed", "device-06": "offline",
+    }
+    assert set(df[df.status == "ok"].stdout) == {"hello\n"}
+    assert "wrong user name or password" in df.set_index("device_id").loc["device-05", "error"]
+    assert str(df.exit_code.dtype) == "Int64"
+
+
+async def test_sessions_are_reused_and_state_persists(fleet: Fleet):
+    await fleet.run("cd /tmp; X=42", "device-0[1-2]")
+    first = fleet.session("device-01")
+    res = await fleet.run('echo "$X $(pwd)"', "device-0[1-2]")
+    assert fleet.session("device-01") is first
+    assert set(res.df.stdout) == {"42 /tmp\n"}
+
+
+async def test_max_sessions_queues_the_rest(api, fleet: Fleet):
+    small = Fleet(api, login=(SSH_USER, SSH_PASSWORD), max_sessions=2)
+    await small.refresh()
+    try:
+        res = await small.run("echo $((1+1))", "device-0[1-4]", timeout=10)
+        assert list(res.df.status) == ["ok"] * 4
+        assert len(small._sessions) <= 2
+    finally:
+        await small.close("*")
+
+
+async def test_unknown_targets_are_one_clear_error(fleet: Fleet):
+    with pytest.raises(UnknownTargets, match="devcie-01"):
+        await fleet.run("true", "devcie-01 device-02")
+
+
+async def test_cancel_marks_rows_cancelled_and_sessions_stay_usable(fleet: Fleet):
+    task = asyncio.create_task(fleet.run("sleep 30", "device-0[1-3]", timeout=60))
+    await asyncio.sleep(1.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fleet.last_results is not None
+    assert set(fleet.last_results.df.status) == {"cancelled"}
+    res = await fleet.run("echo again", "device-0[1-3]", timeout=10)
+    assert list(res.df.status) == ["ok"] * 3
+    assert set(fleet.history.run) == {1, 2}
+
+
+async def test_groups_and_parse_on_real_output(fleet: Fleet, tmp_path):
+    res = await fleet.run("printf 'model=X1\\nfw: 2.1\\n'", "device-0[1-4]")
+    groups = res.groups()
+    assert groups.iloc[0]["count"] == 4
+    parsed = res.parse("kv")
+    assert set(parsed.device_id) == {"device-01", "device-02", "device-03", "device-04"}
+    assert set(parsed.columns) >= {"device_id", "model", "fw"}
+
+
+async def test_on_output_streams_labelled_by_device(fleet: Fleet):
+    seen: list[tuple[str, str]] = []
+    await fleet.run("echo live", "device-01 device-02", on_output=lambda d, t: seen.append((d, t)))
+    assert {d for d, _ in seen} == {"device-01", "device-02"}
+    assert "".join(t for d, t in seen if d == "device-01") == "live\n"
+
+
+async def test_history_never_holds_passwords(fleet: Fleet):
+    await fleet.run("echo x", "device-01")
+    text = fleet.history.to_csv()
+    assert SSH_PASSWORD not in text
+    assert SSH_PASSWORD not in repr(fleet.last_results)

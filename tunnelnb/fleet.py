@@ -1,0 +1,333 @@
+"""Many devices, one table: fan a command out over device sessions.
+
+:class:`Fleet` keeps one :class:`~tunnelnb.client.DeviceSession` per device
+(tunnel opened and login done once, reused across runs), at most
+``max_sessions`` of them at a time (IoTDA lets 100 devices be logged in at once
+per instance; the least recently used idle session makes room for the next),
+and runs commands on up to ``concurrency`` devices at once.  Every device gets
+a row whatever happens: failures are rows, never exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import itertools
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from .api import PlatformAPI
+from .client import CommandResult, DeviceOffline, DeviceSession, ResultStatus
+from .errors import AuthFailed, LoginError, PlatformError, TunnelnbError
+from .results import Results
+from .targets import select_targets
+
+__all__ = ["DEFAULT_MAX_SESSIONS", "Fleet"]
+
+log = logging.getLogger("tunnelnb.fleet")
+
+#: IoTDA allows at most 100 devices logged in at once per instance.
+DEFAULT_MAX_SESSIONS = 100
+
+OutputCallback = Callable[[str, str], None]
+
+_INVENTORY_COLUMNS = ["device_id", "status", "device_name", "product_id", "fw_version", "sw_version", "tags"]
+
+
+class Fleet:
+    """The devices of one platform project, ready for commands.
+
+    ``login`` is the default ``(user, password)`` for devices that have not been
+    logged in explicitly (the embedded simulated fleet sets it).  Credentials are
+    kept in memory only, never in results or history.
+    """
+
+    def __init__(
+        self,
+        api: PlatformAPI,
+        *,
+        login: tuple[str, str] | None = None,
+        concurrency: int = 100,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        join_timeout: float = 15.0,
+        cleanup: Iterable[Callable[[], Awaitable[Any]]] = (),
+    ) -> None:
+        if concurrency < 1 or max_sessions < 1:
+            raise ValueError("concurrency and max_sessions must be at least 1")
+        self.api = api
+        self.concurrency = concurrency
+        self.max_sessions = max_sessions
+        self.join_timeout = join_timeout
+        self._default_login = login
+        self._logins: dict[str, tuple[str, str]] = {}
+        self._sessions: OrderedDict[str, DeviceSession] = OrderedDict()
+        self._busy: set[str] = set()
+        self._pool = asyncio.Condition()
+        self._inventory: list[dict[str, Any]] = []
+        self._runs: list[tuple[int, Results]] = []
+        self._run_ids = itertools.count(1)
+        self._cleanup = list(cleanup)
+        self.last_results: Results | None = None
+
+    def __repr__(self) -> str:
+        return f"<Fleet {self.api.base_url} project={self.api.project_id} devices={len(self._inventory)}>"
+
+    async def __aenter__(self) -> Fleet:
+        if not self._inventory:
+            await self.refresh()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- inventory --------------------------------------------------------
+
+    async def refresh(self) -> pd.DataFrame:
+        """Read the inventory from the platform again."""
+        self._inventory = await self.api.list_devices()
+        return self.devices()
+
+    def devices(self) -> pd.DataFrame:
+        """The inventory as a table: one row per device, tags as a dict."""
+        rows = []
+        for d in self._inventory:
+            tags = {t.get("tag_key"): t.get("tag_value") for t in d.get("tags") or [] if isinstance(t, dict)}
+            rows.append({**{c: d.get(c) for c in _INVENTORY_COLUMNS}, "tags": tags})
+        return pd.DataFrame(rows, columns=_INVENTORY_COLUMNS)
+
+    def select(self, targets: str | Iterable[str] = "*") -> list[str]:
+        """Device ids for ``targets`` (ids, globs, ranges, ``@tag``, lists); unknown ones are an error."""
+        return select_targets(targets, self._inventory)
+
+    # -- credentials --------------------------------------------------------
+
+    def set_login(self, targets: str | Iterable[str], user: str, password: str) -> list[str]:
+        """Remember the login for some devices without logging in yet."""
+        ids = self.select(targets)
+        for device_id in ids:
+            self._logins[device_id] = (user, password)
+        return ids
+
+    def _login_for(self, device_id: str) -> tuple[str, str] | None:
+        return self._logins.get(device_id) or self._default_login
+
+    async def login(
+        self,
+        targets: str | Iterable[str] = "*",
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        password_env: str | None = None,
+        timeout: float = 30.0,
+    ) -> Results:
+        """Log in to devices; each gets a row (``ok``, ``auth_failed``, ``offline``…).
+
+        The password comes from ``password``, else the environment variable
+        ``password_env``, else a prompt (getpass).
+        """
+        if self._inventory == []:
+            await self.refresh()
+        ids = self.select(targets)
+        if user is not None or password is not None or password_env is not None:
+            user = user or getpass.getuser()
+            if password is None and password_env:
+                password = os.environ.get(password_env)
+                if password is None:
+                    raise TunnelnbError(f"environment variable {password_env} is not set: export it, or omit it")
+            if password is None:
+                password = getpass.getpass(f"password for {user} on {len(ids)} device(s): ")
+            for device_id in ids:
+                self._logins[device_id] = (user, password)
+        return await self._fan_out("<login>", ids, timeout, None, login_only=True)
+
+    # -- runs ----------------------------------------------------------------
+
+    async def run(
+        self,
+        command: str,
+        targets: str | Iterable[str] = "*",
+        *,
+        timeout: float = 30.0,
+        concurrency: int | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> Results:
+        """Run ``command`` on every target; one row per device, whatever happens.
+
+        ``on_output(device_id, text)`` sees output as it arrives.  Cancelling
+        interrupts every command in flight (Ctrl-C on the devices), records the
+        rows as ``cancelled`` in :attr:`history` and :attr:`last_results`, and
+        re-raises; the sessions stay usable.
+        """
+        if not self._inventory:
+            await self.refresh()
+        ids = self.select(targets)
+        return await self._fan_out(command, ids, timeout, on_output, concurrency=concurrency)
+
+    async def _fan_out(
+        self,
+        command: str,
+        ids: list[str],
+        timeout: float,
+        on_output: OutputCallback | None,
+        *,
+        concurrency: int | None = None,
+        login_only: bool = False,
+    ) -> Results:
+        limit = asyncio.Semaphore(concurrency or self.concurrency)
+        rows: dict[str, CommandResult] = {}
+        started_at = datetime.now(UTC)
+
+        async def one(device_id: str) -> None:
+            async with limit:
+                rows[device_id] = await self._run_one(device_id, command, timeout, on_output, login_only)
+
+        tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in ids]
+        try:
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._record(command, ids, rows, started_at)
+            raise
+        return self._record(command, ids, rows, started_at)
+
+    def _record(self, command: str, ids: list[str], rows: dict[str, CommandResult], started_at: datetime) -> Results:
+        def cancelled(device_id: str) -> CommandResult:
+            return CommandResult(
+                device_id, command, ResultStatus.CANCELLED, None, "", 0.0, started_at, "the run was cancelled"
+            )
+
+        results = Results([rows.get(d) or cancelled(d) for d in ids])
+        self._runs.append((next(self._run_ids), results))
+        self.last_results = results
+        return results
+
+    async def _run_one(
+        self,
+        device_id: str,
+        command: str,
+        timeout: float,
+        on_output: OutputCallback | None,
+        login_only: bool,
+    ) -> CommandResult:
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+
+        def row(status: str, error: str) -> CommandResult:
+            return CommandResult(device_id, command, status, None, "", time.perf_counter() - t0, started_at, error)
+
+        try:
+            session = await self._session_for(device_id)
+        except asyncio.CancelledError:
+            raise
+        except DeviceOffline as exc:
+            return row(ResultStatus.OFFLINE, str(exc))
+        except (TunnelnbError, PlatformError) as exc:
+            return row(ResultStatus.DISCONNECTED, str(exc))
+        try:
+            if not session.logged_in:
+                credentials = self._login_for(device_id)
+                if credentials is None:
+                    return row(
+                        ResultStatus.AUTH_FAILED,
+                        "no login for this device: fleet.login(targets, user=..., password_env=...)",
+                    )
+                try:
+                    await session.login(*credentials, timeout=min(timeout, 30.0))
+                except AuthFailed as exc:
+                    return row(ResultStatus.AUTH_FAILED, str(exc))
+                except DeviceOffline as exc:
+                    return row(ResultStatus.OFFLINE, str(exc))
+                except LoginError as exc:
+                    return row(ResultStatus.DISCONNECTED, str(exc))
+            if login_only:
+                return CommandResult(
+                    device_id, command, ResultStatus.OK, 0, "", time.perf_counter() - t0, started_at, ""
+                )
+            callback = (lambda text: on_output(device_id, text)) if on_output else None
+            try:
+                return await session.run(command, timeout=timeout, on_output=callback)
+            except asyncio.CancelledError:
+                raise
+            except TunnelnbError as exc:
+                return row(ResultStatus.DISCONNECTED, str(exc))
+        finally:
+            await self._release(device_id)
+
+    # -- the session pool -------------------------------------------------
+
+    async def _session_for(self, device_id: str) -> DeviceSession:
+        """The device's session, opening one (and evicting an idle one) when needed."""
+        evicted: DeviceSession | None = None
+        async with self._pool:
+            while True:
+                session = self._sessions.get(device_id)
+                if session is not None and not session.closed:
+                    self._sessions.move_to_end(device_id)
+                    self._busy.add(device_id)
+                    return session
+                if len(self._sessions) < self.max_sessions:
+                    break
+                victim = next((d for d in self._sessions if d not in self._busy), None)
+                if victim is not None:
+                    evicted = self._sessions.pop(victim)
+                    break
+                await self._pool.wait()
+            session = DeviceSession(self.api, device_id, join_timeout=self.join_timeout, delete_tunnel=True)
+            self._sessions[device_id] = session
+            self._busy.add(device_id)
+        try:
+            if evicted is not None:
+                await evicted.close()  # frees its login before another device takes the slot
+            await session.open()
+        except BaseException:
+            async with self._pool:
+                if self._sessions.get(device_id) is session:
+                    del self._sessions[device_id]
+                self._busy.discard(device_id)
+                self._pool.notify_all()
+            with contextlib.suppress(Exception):
+                await session.close()
+            raise
+        return session
+
+    async def _release(self, device_id: str) -> None:
+        async with self._pool:
+            self._busy.discard(device_id)
+            self._pool.notify_all()
+
+    def session(self, device_id: str) -> DeviceSession | None:
+        """The open session of a device, if any (for terminals and dashboards)."""
+        return self._sessions.get(device_id)
+
+    # -- history and shutdown ----------------------------------------------
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Every run so far, one row per device and run, with a leading ``run`` column."""
+        frames = [results.df.assign(run=run_id) for run_id, results in self._runs]
+        if not frames:
+            return pd.DataFrame(columns=["run", *Results([]).df.columns])
+        df = pd.concat(frames, ignore_index=True)
+        return df[["run", *[c for c in df.columns if c != "run"]]]
+
+    async def close(self, targets: str | Iterable[str] | None = None) -> None:
+        """Close sessions (all of them, and whatever the fleet started, when ``targets`` is None)."""
+        ids = list(self._sessions) if targets is None else self.select(targets)
+        sessions = [self._sessions.pop(d) for d in ids if d in self._sessions]
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        if targets is None:
+            await self.api.close()
+            for closer in reversed(self._cleanup):
+                with contextlib.suppress(Exception):
+                    await closer()
+            self._cleanup.clear()
