@@ -502,10 +502,16 @@ class _ShellSession:
             await self._pump_coalesced()
 
     async def _pump_coalesced(self) -> None:
-        """Frames as full as the platform allows, without delaying a lone prompt by more than ~5 ms."""
+        """Send what is there at once; output that arrives while a send is in flight is batched.
+
+        No timer: a short reply goes out as soon as it is read (a linger of a few
+        milliseconds was most of a trivial command's round trip), while a stream
+        fills frames by itself because it piles up during each send.
+        """
         inbox, limit = self.inbox, self.agent.max_message_bytes
         while True:
-            await inbox.wait(fill=limit, linger=COALESCE_SECONDS)
+            await inbox.wait()
+            await asyncio.sleep(0)  # reads that are ready in this loop turn join the batch
             text = self._decoder.decode(inbox.take(4 * limit), inbox.finished)
             if text:
                 for frame in output_frames(text, self.output_id(), limit):

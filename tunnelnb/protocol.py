@@ -162,7 +162,7 @@ def encode_frame(frame: Frame, *, pretty: bool = False) -> str:
 
 
 def _escape_surrogates(text: str) -> str:
-    if _LONE_SURROGATE.search(text) is None:
+    if text.isascii() or _LONE_SURROGATE.search(text) is None:
         return text
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 

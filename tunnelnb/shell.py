@@ -127,7 +127,7 @@ class TerminalText:
         """
         chunk = self._high + chunk
         self._high = ""
-        if not _SURROGATE.search(chunk):
+        if chunk.isascii() or not _SURROGATE.search(chunk):
             return chunk.encode("utf-8")
         if "\ud800" <= chunk[-1] <= "\udbff":
             chunk, self._high = chunk[:-1], chunk[-1]
@@ -184,7 +184,6 @@ class CommandParser:
         self.marker_id = marker_id
         self._begin = f"__TNB_B_{marker_id}__\n"
         self._end_prefix = f"__TNB_E_{marker_id}_"
-        self._end = re.compile(re.escape(self._end_prefix) + r"(\d+)__\n")
         self._buf = ""
         self.started = False
         self.finished: Finished | None = None
@@ -202,11 +201,12 @@ class CommandParser:
                 return events
             self.started = True
             buf = buf[pos + len(self._begin) :]
-        m = self._end.search(buf)
-        if m:
-            if m.start():
-                events.append(Output(buf[: m.start()]))
-            self.finished = Finished(int(m.group(1)))
+        end = self._find_end(buf)
+        if end is not None:
+            start, code = end
+            if start:
+                events.append(Output(buf[:start]))
+            self.finished = Finished(code)
             events.append(self.finished)
             self._buf = ""
             return events
@@ -215,6 +215,20 @@ class CommandParser:
             events.append(Output(buf[: len(buf) - keep]))
         self._buf = buf[len(buf) - keep :]
         return events
+
+
+    def _find_end(self, buf: str) -> tuple[int, int] | None:
+        """Where the end marker starts in ``buf`` and its exit status (no regex compiled per command)."""
+        pos = buf.find(self._end_prefix)
+        while pos >= 0:
+            m = _END_TAIL.match(buf, pos + len(self._end_prefix))
+            if m:
+                return pos, int(m.group(1))
+            pos = buf.find(self._end_prefix, pos + 1)
+        return None
+
+
+_END_TAIL = re.compile(r"(\d+)__\n")
 
 
 def _marker_tail(buf: str, prefix: str) -> int:
