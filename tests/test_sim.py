@@ -7,7 +7,9 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import statistics
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -136,8 +138,19 @@ def _children() -> list[int]:
     return found
 
 
+def _userns_works() -> bool:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False
+    done = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    return done.returncode == 0
+
+
+USERNS = _userns_works()
+
+
 def _sandboxed() -> bool:
-    return os.geteuid() == 0 or Path("/proc/self/ns/user").exists()
+    return os.geteuid() == 0 or USERNS
 
 
 FLEET_PROFILES = make_profiles(12, seed=11, misbehaving=5 / 12)
@@ -169,10 +182,12 @@ def _one(fleet: SimulatedFleet, misbehaviour: str | None, index: int = 0) -> Dev
     return [p for p in fleet.profiles if p.misbehaviour == misbehaviour][index]
 
 
-pytestmark_module = pytest.mark.asyncio(loop_scope="module")
+# Every async test of this module shares one event loop: a loop left idle while others run
+# would find its timers overdue when it resumes.
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytestmark_module
+@on_module_loop
 async def test_every_kind_of_misbehaviour_is_in_the_test_fleet(sim: tuple[Platform, SimulatedFleet]) -> None:
     _, fleet = sim
     assert set(fleet.misbehaving.values()) == set(MISBEHAVIOURS)
@@ -182,7 +197,7 @@ async def test_every_kind_of_misbehaviour_is_in_the_test_fleet(sim: tuple[Platfo
         assert device_id in summary and kind in summary
 
 
-@pytestmark_module
+@on_module_loop
 async def test_devices_are_registered_with_tags_and_versions(
     sim: tuple[Platform, SimulatedFleet], api: PlatformAPI
 ) -> None:
@@ -208,7 +223,7 @@ def _size(mb: int) -> str:
     return f"{mb}M" if mb < 1024 else f"{mb / 1024:.1f}G"
 
 
-@pytestmark_module
+@on_module_loop
 async def test_a_normal_device_shows_its_profile_through_ordinary_commands(
     sim: tuple[Platform, SimulatedFleet], api: PlatformAPI
 ) -> None:
@@ -246,7 +261,9 @@ async def test_a_normal_device_shows_its_profile_through_ordinary_commands(
             if os.geteuid() == 0:
                 assert (await run("id -un")).strip() == p.login_user
                 assert (await run("touch /usr/bin/x 2>&1 || echo refused")).strip().endswith("refused")
-        # Job control on the PTY: Ctrl-C ends a foreground job, and the shell goes on.
+        # Job control on the PTY: background jobs, and Ctrl-C ends a foreground job while the shell goes on.
+        jobs = await run("sleep 60 & jobs; kill %1")
+        assert "Running" in jobs and "sleep 60" in jobs
         r = await dev.run("sleep 30", timeout=1)
         assert r.status == ResultStatus.TIMEOUT
         r = await dev.run("echo still here", timeout=10)
@@ -254,7 +271,7 @@ async def test_a_normal_device_shows_its_profile_through_ordinary_commands(
         assert r.duration_s < 5
 
 
-@pytestmark_module
+@on_module_loop
 async def test_disk_full_device_refuses_writes(sim: tuple[Platform, SimulatedFleet], api: PlatformAPI) -> None:
     if not _sandboxed():
         pytest.skip("needs a mount namespace for /data")
@@ -272,7 +289,7 @@ async def test_disk_full_device_refuses_writes(sim: tuple[Platform, SimulatedFle
         assert int(r.stdout) > 0
 
 
-@pytestmark_module
+@on_module_loop
 async def test_wrong_password_device_refuses_the_fleet_login(
     sim: tuple[Platform, SimulatedFleet], api: PlatformAPI
 ) -> None:
@@ -288,7 +305,7 @@ async def test_wrong_password_device_refuses_the_fleet_login(
         assert r.stdout.strip() == p.device_id
 
 
-@pytestmark_module
+@on_module_loop
 async def test_offline_device_is_offline(sim: tuple[Platform, SimulatedFleet], api: PlatformAPI) -> None:
     _, fleet = sim
     p = _one(fleet, "offline")
@@ -301,7 +318,7 @@ async def test_offline_device_is_offline(sim: tuple[Platform, SimulatedFleet], a
 LONG_OUTPUT = "seq 1 40000"  # 229 KB: more than any flaky budget (at most 128 KB)
 
 
-@pytestmark_module
+@on_module_loop
 async def test_flaky_device_drops_long_commands_normal_ones_do_not(
     sim: tuple[Platform, SimulatedFleet], api: PlatformAPI
 ) -> None:
@@ -318,14 +335,14 @@ async def test_flaky_device_drops_long_commands_normal_ones_do_not(
         r = await dev.run(LONG_OUTPUT, timeout=20)
         assert r.status == ResultStatus.DISCONNECTED, r
         assert len(r.stdout) < 229_000
+    proxy = fleet._devices[flaky.device_id].proxy
+    assert proxy is not None and proxy.cuts >= 1
     agent = fleet.agent(flaky.device_id)
     assert agent is not None and agent.online  # only the tunnel is cut, never the device link
 
 
-@pytestmark_module
-async def test_slow_device_is_slower_than_a_normal_one(
-    sim: tuple[Platform, SimulatedFleet], api: PlatformAPI
-) -> None:
+@on_module_loop
+async def test_slow_device_is_slower_than_a_normal_one(sim: tuple[Platform, SimulatedFleet], api: PlatformAPI) -> None:
     _, fleet = sim
     slow, normal = _one(fleet, "slow"), _one(fleet, None, 2)
     durations: dict[str, float] = {}
@@ -346,8 +363,11 @@ async def test_slow_device_is_slower_than_a_normal_one(
 # Backends, sandbox modes, the command, and a clean stop
 
 
-@pytest.mark.parametrize("sandbox", ["auto", "none"])
+@on_module_loop
+@pytest.mark.parametrize("sandbox", ["auto", "userns", "none"])
 async def test_local_backend_and_clean_stop(sandbox: str) -> None:
+    if sandbox == "userns" and not USERNS:
+        pytest.skip("unprivileged user namespaces do not work here")
     profiles = make_profiles(3, seed=4, misbehaving=0)
     before = set(_children())
     async with Platform(api_token=API_TOKEN, heartbeat=None) as platform:
@@ -372,8 +392,13 @@ async def test_local_backend_and_clean_stop(sandbox: str) -> None:
                     r = await dev.run(f"cat {path}; sleep 60 &", timeout=15)
                     assert f"device_id={dev.device_id}" in r.stdout
                 assert len(set(_children()) - before) >= 3  # a shell per device, plus their sleeps
-                if sandbox == "none":
-                    assert fleet.sandbox == "none"
+                if sandbox != "auto":
+                    assert fleet.sandbox == sandbox
+                if sandbox == "userns":  # /data is a tmpfs of the profile's size, the shell is root in its namespace
+                    r = await sessions[0].run("df -h /data; id -u", timeout=15)
+                    assert r.stdout.split()[-1] == "0"
+                    fs, size, _ = _df(r.stdout.splitlines()[-2])
+                    assert (fs, size) == ("tmpfs", _size(profiles[0].disk_size_mb))
                 # Stop the fleet with the sessions still open.
                 await fleet.stop()
                 for dev in sessions:
@@ -389,6 +414,7 @@ async def test_local_backend_and_clean_stop(sandbox: str) -> None:
                 assert str(root) not in Path(f"/sys/block/{name}/loop/backing_file").read_text()  # noqa: ASYNC240
 
 
+@on_module_loop
 async def test_serve_prints_a_summary_and_stops_cleanly() -> None:
     lines: list[str] = []
     stop = asyncio.Event()
@@ -419,7 +445,8 @@ async def test_serve_prints_a_summary_and_stops_cleanly() -> None:
     assert lines[-1] == "simulated fleet stopped"
 
 
-async def test_bad_arguments() -> None:
+@on_module_loop
+async def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SimulatedFleet("http://127.0.0.1:1", api_token="t", backend="telnet")
     with pytest.raises(ValueError):
@@ -429,3 +456,18 @@ async def test_bad_arguments() -> None:
         await fleet.start()  # nothing listens there
     assert "127.0.0.1:1" in str(info.value)
     assert fleet.root is not None and not fleet.root.exists()
+    # A root of one's own: it must be empty, and stop() removes only what start() made in it.
+    root = tmp_path / "fleet"
+    root.mkdir()
+    (root / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="empty"):
+        await SimulatedFleet("http://127.0.0.1:1", api_token="t", devices=2, root=root).start()
+    (root / "mine.txt").unlink()
+    async with Platform(api_token=API_TOKEN, heartbeat=None) as platform:
+        fleet = SimulatedFleet(platform.base_url, api_token=API_TOKEN, devices=2, root=root, misbehaving=0)
+        async with fleet:
+            (root / "mine.txt").write_text("keep me")
+            assert (root / "device-01" / "launch").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["mine.txt"]
+    with pytest.raises(ValueError, match="white space"):
+        await SimulatedFleet("http://127.0.0.1:1", api_token="t", devices=1, root=tmp_path / "a b").start()

@@ -15,22 +15,22 @@ Device profiles
 fleet on every machine, and devices differ the way real fleets do.  Each device's shell
 sees its own profile through ordinary files and commands:
 
-=================================  ==========================================================================
-what a notebook runs               what it finds (profile field)
-=================================  ==========================================================================
-``cat /etc/device.conf``           ``key=value`` lines: ``device_id``, ``model``, ``serial``, ``fw_version``,
-                                   ``sw_version``, ``role``, ``site``, ``region``, ``log_level``,
-                                   ``ntp_server``, ``telemetry_interval_s``, ``data_partition`` (a few
-                                   devices drift from the fleet's usual config: debug logging, another NTP
-                                   server, a short telemetry interval)
-``cat /etc/hostname``, ``hostname``  the device id
-``grep -c ERROR /var/log/app.log``   ``error_count`` (``WARN``: ``warn_count``; the rest are ``INFO`` lines)
-``df -h /data``                    a filesystem of ``disk_size_mb`` MiB, ``disk_used_pct`` % used
-``uptime``, ``cat /proc/uptime``   ``uptime_s`` (plus the time since the fleet started), load ``load_avg``
+=============================================  ========================================================================
+what a notebook runs                           what it finds (profile field)
+=============================================  ========================================================================
+``cat /etc/device.conf``                       ``key=value`` lines: ``device_id``, ``model``, ``serial``,
+                                               ``fw_version``, ``sw_version``, ``role``, ``site``, ``region``,
+                                               ``log_level``, ``ntp_server``, ``telemetry_interval_s``,
+                                               ``data_partition`` (a few devices drift from the fleet's usual config:
+                                               debug logging, another NTP server, a short interval)
+``cat /etc/hostname``, ``hostname``            the device id
+``grep -c ERROR /var/log/app.log``             ``error_count`` (``WARN``: ``warn_count``; the rest are ``INFO`` lines)
+``df -h /data``                                a filesystem of ``disk_size_mb`` MiB, ``disk_used_pct`` % used
+``uptime``, ``cat /proc/uptime``               ``uptime_s`` (plus the time since the fleet started), load ``load_avg``
 ``cat /sys/class/thermal/thermal_zone0/temp``  ``temperature_c`` in millidegrees, as Linux reports it
-``ls -R /data``                    the device's data: config backup, a telemetry database, recordings or
-                                   cache files that take up the used space
-=================================  ==========================================================================
+``ls -R /data``                                the device's data: a config backup, a telemetry database, and recordings
+                                               or cache files that take up the used space
+=============================================  ========================================================================
 
 Models and roles: ``EG-4200`` (gateway), ``EC-1100`` (edge), ``CAM-720`` (camera) and
 ``SH-40`` (sensor-hub), each with its own firmware versions (most devices on the latest,
@@ -63,14 +63,24 @@ find:
 ``offline``         registered on the platform but no agent runs: ListDevices says ``OFFLINE``
 ==================  =========================================================================================
 
+The proxies forward TCP on loopback, which suits the local ``http://`` platform (an
+``https://`` one would see its certificate checked against 127.0.0.1).  Besides,
+``quirks="mixed"`` makes some agents send what the official C and C# device SDKs send
+(see :mod:`tunnelnb.agent`), lost output included.
+
 The sandbox: how ``cat /etc/device.conf`` finds the device's file
 ------------------------------------------------------------------
 Each device has a directory under the fleet's root (a temporary directory unless
-``root`` is given, removed by :meth:`SimulatedFleet.stop`) holding its ``etc``, ``var``,
-``home`` and ``tmp`` trees and its ``/data`` seed.  Its shell is started by a launcher
-(``<root>/<device>/launch``: run it yourself to get the device's shell) which, before it
-execs ``/bin/sh``, builds the device's view of the filesystem in a new mount namespace
-and ``chroot``\\ s into it.  Nothing is rewritten: the paths are real mounts.
+``root`` is given; :meth:`SimulatedFleet.stop` removes what it made).  At start the
+fleet writes only the device's ``device.json`` and its ``launch`` (a symbolic link to
+the fleet's launcher), so 1,000 devices start fast; the launcher makes the rest at the
+device's first login: ``etc``, ``var/log``, ``home``, ``tmp`` and the ``/data`` seed.
+The launcher is the device's shell as far as the SSH server (or the agent's local
+shell) knows: before it execs ``/bin/sh`` it builds the device's view of the filesystem
+in a new mount namespace and ``chroot``\\ s into it, so the shell stays the session
+leader on its PTY (job control and Ctrl-C work as under ``sshd``).  Nothing is
+rewritten: the paths are real mounts.  Run ``<root>/<device>/launch`` yourself (as the
+fleet's user) to look around as the device.
 
 * ``/usr`` (and ``/bin``, ``/lib``… as the host has them): the host's, read-only;
 * ``/etc``: an overlay of the device's ``etc`` (``device.conf``, ``hostname``) and the
@@ -106,10 +116,31 @@ starting one device's shell at :meth:`SimulatedFleet.start`):
 
 Scale
 -----
-1,000 devices in one process on a 2-core machine: devices start concurrently in
-batches (``concurrency``), the open-files limit is raised to its hard limit, and the
-launcher costs about 50 ms of CPU per login.  ``bench/`` and the project's README have
-the measured start times and memory per device for both backends.
+Devices start concurrently (``concurrency`` at a time), the open-files limit is raised
+to its hard limit, an idle device costs a listening socket (``ssh``) and its agent's
+WebSocket, and a login costs the launcher about 30 ms of CPU (two thirds of it Python
+starting).  Measured on a 2-vCPU Linux VM (Python 3.11, sandbox ``namespace`` with
+ext4 ``/data``; the platform in another process; default 10 % misbehaving, so the
+start waits for the ``slow`` devices' delayed handshakes):
+
+=======  =======  ========================  ===========================  ==========
+devices  backend  start: wall (CPU)         process RSS (per device)     open files
+=======  =======  ========================  ===========================  ==========
+10       ssh      0.1 s (0.05 s)            55 MB (idle Python: 52 MB)   33
+10       local    0.1 s (0.05 s)            53 MB                        23
+100      ssh      1.8 s (0.3 s)             57 MB (49 KB)                218
+100      local    1.8 s (0.3 s)             55 MB (30 KB)                120
+1,000    ssh      5.2 s (3.8 s)             86 MB (34 KB)                2,090
+1,000    local    5.0 s (3.5 s)             78 MB (26 KB)                1,110
+=======  =======  ========================  ===========================  ==========
+
+Then ``df -h /data; uptime`` on all 1,000 from a client in another process, 50
+devices at a time, every one a first login (its files and its ext4 ``/data`` made on
+the spot): 980 ``ok`` and the 20 ``offline`` ones, in 57 s with ``ssh`` (the fleet's
+process used 27.5 s of CPU, 108 MB RSS after) and 51 s with ``local`` (15.7 s,
+88 MB); the two cores were busy with the client, the platform and the launchers too.
+The ``local`` backend is the lighter one (no SSH handshake per login) and still a real
+``/bin/sh`` on a real PTY.
 """
 
 from __future__ import annotations
@@ -135,14 +166,14 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .agent import QUIRKS, Agent
+from .agent import QUIRKS, Agent, DeviceAuthError
 from .api import PlatformAPI
 from .errors import PlatformError, TunnelnbError
 from .sshserver import ShellServer
@@ -444,13 +475,16 @@ def app_log(p: DeviceProfile, now: datetime | None = None) -> str:
     return "".join(out)
 
 
-def _data_plan(p: DeviceProfile) -> tuple[dict[str, bytes], list[tuple[str, float]]]:
-    """The device's ``/data``: small seed files, and the files (with shares) that fill the used space."""
+def _data_plan(p: DeviceProfile) -> tuple[dict[str, str | None], list[tuple[str, float]]]:
+    """The device's ``/data``: small seed files (None: 4 KiB of random bytes), and the files that fill it.
+
+    The fill files come with their share of the used space.
+    """
     rng = random.Random(f"tunnelnb-sim:data:{p.device_id}:{p.serial}")
-    seed = {
-        "config/app.conf.bak": device_conf(p).encode(),
-        "db/telemetry.db": bytes(rng.getrandbits(8) for _ in range(4096)),
-        "README": f"{p.model} data partition of {p.device_id}\n".encode(),
+    seed: dict[str, str | None] = {
+        "README": f"{p.model} data partition of {p.device_id}\n",
+        "config/app.conf.bak": device_conf(p),
+        "db/telemetry.db": None,
     }
     if p.role == "camera":
         count = rng.randint(2, 5)
@@ -479,6 +513,7 @@ import fcntl
 import json
 import os
 import sys
+import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
@@ -518,12 +553,46 @@ def bind(src, target, rec=False, ro=False):
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
 
 
-def write(path, text, mode=0o644):
+def write(path, data, mode=0o644, owner=None):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, text.encode())
+        view = memoryview(data.encode() if isinstance(data, str) else data)
+        while view:
+            view = view[os.write(fd, view):]
+        if owner is not None:
+            os.fchown(fd, owner, owner)
     finally:
         os.close(fd)
+
+
+def makedirs(path, owner=None):
+    if not os.path.isdir(path):
+        makedirs(os.path.dirname(path), owner)
+        os.mkdir(path, 0o755)
+        if owner is not None:
+            os.chown(path, owner, owner)
+
+
+def materialize(sbx, dev):
+    """At the device's first login: its files, from device.json (the fleet writes only that)."""
+    if os.path.exists(sbx + "/.made"):
+        return
+    owner = dev["uid"] if os.getuid() == 0 and dev["uid"] != 0 else None
+    for rel, text in dev["files"].items():
+        makedirs(os.path.dirname(os.path.join(sbx, rel)))
+        write(os.path.join(sbx, rel), text)
+    makedirs(sbx + "/tmp")
+    os.chmod(sbx + "/tmp", 0o1777)
+    makedirs(sbx + "/home")
+    home = sbx + "/home/" + dev["user"]
+    makedirs(home, owner)
+    write(home + "/.profile", "# " + dev["hostname"] + "\n", owner=owner)
+    makedirs(sbx + "/data.seed", owner)
+    for rel, text in dev["seed"].items():
+        path = os.path.join(sbx, "data.seed", rel)
+        makedirs(os.path.dirname(path), owner)
+        write(path, os.urandom(4096) if text is None else text, owner=owner)
+    write(sbx + "/.made", "")
 
 
 def run(argv, logfile):
@@ -635,46 +704,45 @@ def copy_tree(src, dst, uid, gid):
 
 
 def mount_data(sbx, root, fleet, dev, uid, gid):
+    """Mount the device's /data (the caller holds the device's lock)."""
     target = root + "/data"
     mb = dev["disk_size_mb"]
-    if fleet["data"] == "ext4":
-        lock = os.open(sbx + "/.data.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a device's concurrent logins share one loop device
-        try:
-            image = sbx + "/data.img"
-            try:
-                with open(sbx + "/.loopdev") as f:
-                    loop = f.read().strip()
-            except FileNotFoundError:
-                loop = ""
-            if not loop or backing_file(loop) != image:
-                if not os.path.exists(sbx + "/.data.made"):
-                    fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                    os.ftruncate(fd, mb << 20)
-                    os.close(fd)
-                    run([fleet["mkfs"], "-q", "-F", "-t", "ext4", "-O", "^has_journal,^resize_inode", "-m", "0",
-                         "-N", "1024", "-L", "data", "-E", "root_owner=%d:%d" % (uid, gid),
-                         "-d", sbx + "/data.seed", image], sbx + "/.mkfs.log")
-                    write(sbx + "/.data.made", "")
-                loop = attach_loop(image)
-                write(sbx + "/.loopdev", loop + "\n")
-            mount(loop, target, "ext4", MS_NOSUID | MS_NODEV)
-            try:  # ext4 holds back 2 % (at most 16 MiB) for itself; a device's df should not show that
-                write("/sys/fs/ext4/" + os.path.basename(loop) + "/reserved_clusters", "0")
-            except OSError:
-                pass
-            if not os.path.exists(sbx + "/.data.filled"):
-                fill(target, dev, uid, gid)
-                write(sbx + "/.data.filled", "")
-        finally:
-            os.close(lock)
-    else:  # tmpfs: real df and ENOSPC; the used space is memory while the session lasts
+    if fleet["data"] != "ext4":  # tmpfs: real df and ENOSPC; the used space is memory while the session lasts
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=755,uid=%d,gid=%d" % (mb, uid, gid))
         copy_tree(sbx + "/data.seed", target, uid, gid)
         fill(target, dev, uid, gid)
+        return
+    # ext4 in a sparse image, made at the first login; every login of the device mounts the same
+    # loop device (so they share one filesystem), attached until the fleet stops.
+    image = sbx + "/data.img"
+    try:
+        with open(sbx + "/.loopdev") as f:
+            loop = f.read().strip()
+    except FileNotFoundError:
+        loop = ""
+    if not loop or backing_file(loop) != image:
+        if not os.path.exists(sbx + "/.data.made"):
+            fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.ftruncate(fd, mb << 20)
+            os.close(fd)
+            run([fleet["mkfs"], "-q", "-F", "-t", "ext4", "-O", "^has_journal,^resize_inode", "-m", "0",
+                 "-N", "1024", "-L", "data", "-E", "root_owner=%d:%d" % (uid, gid),
+                 "-d", sbx + "/data.seed", image], sbx + "/.mkfs.log")
+            write(sbx + "/.data.made", "")
+        loop = attach_loop(image)
+        write(sbx + "/.loopdev", loop + "\n")
+    mount(loop, target, "ext4", MS_NOSUID | MS_NODEV)
+    try:  # ext4 holds back 2 % (at most 16 MiB) for itself; the device's df should not show that
+        write("/sys/fs/ext4/" + os.path.basename(loop) + "/reserved_clusters", "0")
+    except OSError:
+        pass
+    if not os.path.exists(sbx + "/.data.filled"):
+        fill(target, dev, uid, gid)
+        write(sbx + "/.data.filled", "")
 
 
-def sandbox(sbx, fleet, dev, args):
+def sandbox(sbx, fleet, dev):
+    """Enter the device's namespaces and root; its home directory."""
     root = fleet["rootfs"]
     mode = fleet["mode"]
     drop = mode == "namespace" and dev["user"] != "root"
@@ -698,8 +766,6 @@ def sandbox(sbx, fleet, dev, args):
     bind("/proc", root + "/proc", rec=True)
     mount("tunnelnb-run", root + "/run", "tmpfs", MS_NOSUID | MS_NODEV, "size=256k,mode=755")
     os.mkdir(root + "/run/sim", 0o755)
-    import time
-
     uptime = dev["uptime_s"] + max(0.0, time.time() - fleet["epoch"])
     write(root + "/run/sim/uptime", "%.2f %.2f\n" % (uptime, uptime * fleet["ncpu"] * 0.93))
     load = dev["load_avg"]
@@ -728,7 +794,7 @@ def sandbox(sbx, fleet, dev, args):
 
 
 def main():
-    sbx = sys.argv[1]
+    sbx = os.path.abspath(sys.argv[1])
     args = sys.argv[2:]
     with open(sbx + "/device.json") as f:
         dev = json.load(f)
@@ -738,27 +804,24 @@ def main():
     for key, value in os.environ.items():
         if key in ("TERM", "LANG", "TZ") or key.startswith("LC_"):
             env[key] = value
-    if fleet["mode"] == "none":
-        os.chdir(sbx)
-        env["HOME"] = env["PWD"] = sbx
-    else:
-        try:
-            env["HOME"] = env["PWD"] = sandbox(sbx, fleet, dev, args)
-        except (OSError, SetupError, KeyError, ValueError) as exc:
-            sys.stderr.write("tunnelnb sim: cannot build the sandbox of %s: %s\n" % (dev["hostname"], exc))
-            sys.exit(126)
+    try:
+        lock = os.open(sbx + "/.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one login at a time builds the device's files and /data
+        materialize(sbx, dev)
+        if fleet["mode"] == "none":
+            os.chdir(sbx)
+            env["HOME"] = env["PWD"] = sbx
+        else:
+            env["HOME"] = env["PWD"] = sandbox(sbx, fleet, dev)
+        os.close(lock)
+    except (OSError, SetupError, KeyError, ValueError) as exc:
+        sys.stderr.write("tunnelnb sim: cannot build the sandbox of %s: %s\n" % (dev["hostname"], exc))
+        sys.exit(126)
     os.execve("/bin/sh", ["sh", *args], env)
 
 
 main()
 '''
-
-
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    for parent, _dirs, files in os.walk(path):
-        os.chown(parent, uid, gid)
-        for name in files:
-            os.chown(os.path.join(parent, name), uid, gid)
 
 
 def _free_uid(start: int) -> int:
@@ -1010,16 +1073,19 @@ class SimulatedFleet:
         if len(set(ids)) != len(ids):
             raise ValueError("device ids must be unique")
         self.profiles: list[DeviceProfile] = profiles
+        self._by_id = {p.device_id: p for p in profiles}
         self._user = user
-        self._password = password if password is not None else secrets_token()
+        self._password = password if password is not None else _random_password()
         #: Each device's password: the fleet's, but a password of their own for wrong_password devices.
         self._passwords = {
-            p.device_id: p.login_password or (secrets_token() if p.misbehaviour == "wrong_password" else self._password)
+            p.device_id: p.login_password
+            or (_random_password() if p.misbehaviour == "wrong_password" else self._password)
             for p in profiles
         }
         self._root_arg = Path(root) if root is not None else None
         self.root: Path | None = None
         self._made_root = False
+        self._made: list[Path] = []  # what start() made in a root it was given
         self._sandbox_arg = sandbox
         self.sandbox = "none"
         self.data_backend = "directory"
@@ -1047,10 +1113,8 @@ class SimulatedFleet:
         return self._user, self._passwords[device_id]
 
     def profile(self, device_id: str) -> DeviceProfile:
-        for p in self.profiles:
-            if p.device_id == device_id:
-                return p
-        raise KeyError(device_id)
+        """The device's profile; KeyError for a device not in the fleet."""
+        return self._by_id[device_id]
 
     @property
     def device_ids(self) -> list[str]:
@@ -1155,21 +1219,39 @@ class SimulatedFleet:
     # -- files ------------------------------------------------------------------------
 
     def _prepare_files(self) -> None:
+        def check(root: Path) -> None:
+            if re.search(r"[:,\\\s]", str(root)):  # overlayfs options cannot carry them
+                raise ValueError(f"the fleet's root {root} must not contain ':', ',', '\\' or white space")
+
         if self._root_arg is None:
-            self.root = Path(tempfile.mkdtemp(prefix="tunnelnb-sim-"))
-            self._made_root = True
+            root, made = Path(tempfile.mkdtemp(prefix="tunnelnb-sim-")), True
+            try:
+                check(root)
+            except ValueError:
+                root.rmdir()
+                raise
         else:
-            self.root = self._root_arg.resolve()
-            self._made_root = not self.root.exists()
-            self.root.mkdir(parents=True, exist_ok=True)
-            if any(self.root.iterdir()):
-                raise ValueError(f"the fleet's root {self.root} must be empty or not exist yet")
-        if re.search(r"[:,\\\s]", str(self.root)):
-            raise ValueError(f"the fleet's root {self.root} must not contain ':', ',', '\\' or spaces")
-        os.chmod(self.root, 0o755)
-        fleet = self.root / ".fleet"
+            root = self._root_arg.resolve()
+            check(root)
+            if root.exists() and any(root.iterdir()):
+                raise ValueError(f"the fleet's root {root} must be empty or not exist yet")
+            made = not root.exists()
+            root.mkdir(parents=True, exist_ok=True)
+        # From here on stop() removes what start() made, and only that.
+        self.root, self._made_root = root, made
+        os.chmod(self.root, 0o700)  # the devices see their files through mounts, others see nothing
+        fleet = self._fleet_dir = self.root / ".fleet"
         fleet.mkdir()
+        self._made.append(fleet)
         (fleet / "launch.py").write_text(_LAUNCHER)
+        # Each device's ``launch`` is a symbolic link to this script, which finds the device by its own name.
+        (fleet / "launch").write_text(
+            "#!/bin/sh\n"
+            "# the shell of a simulated device (tunnelnb.sim): run <device directory>/launch\n"
+            "case $0 in */*) d=${0%/*} ;; *) d=. ;; esac\n"
+            f'exec {shlex.quote(sys.executable)} -I -S {shlex.quote(str(fleet / "launch.py"))} "$d" "$@"\n'
+        )
+        os.chmod(fleet / "launch", 0o755)
         uid = _free_uid(SANDBOX_UID)
         self._uid = uid
         self._write_fleet_etc(fleet / "etc", uid)
@@ -1181,6 +1263,7 @@ class SimulatedFleet:
             dev = _SimDevice(p, directory, self._passwords[p.device_id])
             self._devices[p.device_id] = dev
             if p.online:
+                self._made.append(directory)
                 self._write_device(dev, now)
 
     def _write_fleet_etc(self, etc: Path, uid: int) -> None:
@@ -1216,45 +1299,34 @@ class SimulatedFleet:
         return binds
 
     def _write_device(self, dev: _SimDevice, now: datetime) -> None:
+        """The device's directory, its ``device.json`` and its launcher: three entries, so 1,000 devices start fast.
+
+        The launcher makes the rest (``etc``, ``var``, ``home``, ``tmp``, ``/data``) at the first login.
+        """
         p, d = dev.profile, dev.directory
-        for sub in ("etc", "var/log", "tmp", "data.seed"):
-            (d / sub).mkdir(parents=True)
-        os.chmod(d / "tmp", 0o1777)
-        (d / "etc" / "device.conf").write_text(device_conf(p))
-        (d / "etc" / "hostname").write_text(p.device_id + "\n")
-        (d / "var" / "log" / "app.log").write_text(app_log(p, now))
+        d.mkdir()
         seed, fill = _data_plan(p)
-        for rel, content in seed.items():
-            path = d / "data.seed" / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-        home = d / "home" / p.login_user
-        home.mkdir(parents=True)
-        (home / ".profile").write_text(f"# {p.device_id}\n")
-        if os.geteuid() == 0 and p.login_user != "root":
-            _chown_tree(home, self._uid, self._uid)
-            _chown_tree(d / "data.seed", self._uid, self._uid)
         config = {
             "hostname": p.device_id,
             "user": p.login_user,
+            "uid": self._uid if os.geteuid() == 0 and p.login_user != "root" else os.geteuid(),
             "index": p.index,
             "uptime_s": p.uptime_s,
             "load_avg": p.load_avg,
             "temp_milli": round(p.temperature_c * 1000),
             "disk_size_mb": p.disk_size_mb,
             "disk_used_pct": p.disk_used_pct,
+            "files": {
+                "etc/device.conf": device_conf(p),
+                "etc/hostname": p.device_id + "\n",
+                "var/log/app.log": app_log(p, now),
+            },
+            "seed": seed,
             "fill": fill,
-            "fleet_config": str(self.root / ".fleet" / "fleet.json") if self.root else "",
+            "fleet_config": str(self._fleet_dir / "fleet.json"),
         }
         (d / "device.json").write_text(json.dumps(config))
-        launcher = dev.launcher
-        launch_py = str(self.root / ".fleet" / "launch.py") if self.root else ""
-        launcher.write_text(
-            "#!/bin/sh\n"
-            f"# the shell of simulated device {p.device_id} (tunnelnb.sim)\n"
-            f'exec {shlex.quote(sys.executable)} -I -S {shlex.quote(launch_py)} {shlex.quote(str(d))} "$@"\n'
-        )
-        os.chmod(launcher, 0o755)
+        dev.launcher.symlink_to(os.path.join("..", ".fleet", "launch"))
 
     def _write_fleet_config(self, mode: str, data: str) -> None:
         assert self.root is not None
@@ -1280,12 +1352,10 @@ class SimulatedFleet:
         if self._made_root:
             shutil.rmtree(self.root, ignore_errors=True)
         else:
-            for child in self.root.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-        if self.root.exists() and self._made_root:
+            for path in self._made:
+                shutil.rmtree(path, ignore_errors=True)
+        self._made.clear()
+        if self._made_root and self.root.exists():
             log.warning("could not remove all of %s", self.root)
 
     # -- sandbox mode -------------------------------------------------------------------
@@ -1323,6 +1393,8 @@ class SimulatedFleet:
             raise TunnelnbError("no sandbox mode works here: " + "; ".join(errors))
         self.sandbox = mode
         self.data_backend = {"ext4": "ext4 on loop devices", "tmpfs": "tmpfs", "directory": "the host"}[data]
+        if errors:
+            log.warning("sandbox %s with /data on %s, because %s", mode, self.data_backend, "; ".join(errors))
         if mode == "none":
             log.warning(
                 "simulated devices run without a sandbox (no mount namespaces here): their shells start in "
@@ -1363,7 +1435,7 @@ class SimulatedFleet:
                             raise
                         log.info("device %s is registered already: reusing it", p.device_id)
 
-            await asyncio.gather(*(register(d) for d in self._devices.values()))
+            await _all_or_nothing(register(d) for d in self._devices.values())
 
     async def _start_devices(self) -> None:
         sem = asyncio.Semaphore(self.concurrency)
@@ -1398,12 +1470,37 @@ class SimulatedFleet:
                     options["local_shell"] = (p.login_user, dev.password)
                     options["shell"] = (str(dev.launcher),)
                 dev.agent = Agent(platform_url, p.device_id, dev.secret, **options)
-                await dev.agent.start()
+                try:
+                    await dev.agent.start()
+                except DeviceAuthError as exc:
+                    raise DeviceAuthError(
+                        f"{exc}; device {p.device_id} was registered earlier with another secret (by another "
+                        "API token, or not by tunnelnb sim): choose another prefix"
+                    ) from None
 
-        await asyncio.gather(*(start(d) for d in self._devices.values() if d.profile.online))
+        await _all_or_nothing(start(d) for d in self._devices.values() if d.profile.online)
 
 
-def secrets_token() -> str:
+async def _all_or_nothing(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` concurrently; at the first failure cancel the others, wait for them, raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:  # cancelled ourselves
+        pending = set(tasks)
+        raise
+    finally:
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    errors = [exc for t in tasks if not t.cancelled() and (exc := t.exception()) is not None]
+    if errors:  # every exception retrieved, the first raised
+        raise errors[0]
+
+
+def _random_password() -> str:
     """A random login password."""
     return secrets.token_urlsafe(12)
 
