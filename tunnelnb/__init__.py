@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "connect"]
+__all__ = ["__version__", "connect", "connect_sync"]
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -68,3 +68,10 @@ async def connect(
     fleet = Fleet(PlatformAPI(url, project_id=project_id, api_token=api_token), **fleet_options)
     await fleet.refresh()
     return fleet
+
+
+def connect_sync(url: str | None = None, **kwargs: Any) -> Any:
+    """:func:`connect` for scripts: a :class:`~tunnelnb.sync.SyncFleet` whose methods block."""
+    from .sync import connect_sync as _connect_sync
+
+    return _connect_sync(url, **kwargs)

@@ -21,10 +21,10 @@ __all__ = ["main"]
 DEFAULT_PORT = 8765
 
 
-def _add_log_level(p: argparse.ArgumentParser) -> None:
+def _add_log_level(p: argparse.ArgumentParser, default: str = "info") -> None:
     p.add_argument(
         "--log-level",
-        default="info",
+        default=default,
         choices=["debug", "info", "warning", "error"],
         help="how much to log on stderr (never tokens or passwords)",
     )
@@ -87,6 +87,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, default=10_240)
     _add_log_level(p)
 
+    p = sub.add_parser(
+        "sim",
+        help="a simulated fleet: N devices with sandboxed shells, registered on a platform",
+        description="Run N simulated devices (real agents, real shells on PTYs, seeded profiles, some "
+        "misbehaving on purpose) against a platform. See tunnelnb.sim for the profiles.",
+    )
+    p.add_argument("--platform", required=True, metavar="URL", help="platform base URL")
+    _add_platform_auth(p)
+    p.add_argument("--devices", type=int, default=8, metavar="N", help="how many devices (default 8)")
+    p.add_argument("--prefix", default="device-", help="device id prefix (default device-)")
+    p.add_argument("--seed", type=int, default=1, help="profile seed (default 1)")
+    p.add_argument(
+        "--misbehaving", type=float, default=0.1, help="share of devices that misbehave on purpose (default 0.1)"
+    )
+    p.add_argument("--backend", choices=["ssh", "local"], default="ssh", help="ssh: an SSH server per device")
+    p.add_argument("--quirks", choices=["none", "c-sdk", "csharp-sdk", "mixed"], default="none")
+    _add_log_level(p)
+
+    p = sub.add_parser(
+        "run",
+        help="run a command on many devices and print one row per device",
+        usage="tunnelnb run --platform URL [options] TARGETS... -- COMMAND",
+        description="Exit status: 0 when every device ran the command with exit code 0, 1 otherwise, "
+        "130 when interrupted (the rows so far are printed, the rest marked cancelled).",
+    )
+    p.add_argument(
+        "--platform",
+        default=os.environ.get("TUNNELNB_URL"),
+        metavar="URL",
+        help="platform base URL (default: $TUNNELNB_URL)",
+    )
+    _add_platform_auth(p)
+    p.add_argument("--user", default=os.environ.get("TUNNELNB_LOGIN_USER", "ops"), help="login user (default ops)")
+    p.add_argument(
+        "--password-env",
+        default="TUNNELNB_LOGIN_PASSWORD",
+        metavar="VAR",
+        help="environment variable holding the login password (default TUNNELNB_LOGIN_PASSWORD); "
+        "prompted for when unset and stdin is a terminal",
+    )
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-device command timeout in seconds (default 30)")
+    p.add_argument("--concurrency", type=int, default=100, help="devices running at once (default 100)")
+    p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
+    _add_log_level(p, default="warning")
+
     sub.add_parser("demo", help="start a platform and a device in-process and run a few commands")
     return parser
 
@@ -114,8 +160,23 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not command:
+        parser.error("run: give the command after --, e.g. tunnelnb run 'device-*' -- uptime")
     try:
+        if args.command == "run":
+            from .runcmd import run_command
+
+            _configure_logging(args.log_level)
+            return run_command(args, " ".join(command))
+        if args.command == "sim":
+            return _sim(args)
         if args.command == "platform":
             return _platform(args)
         if args.command == "agent":
@@ -159,6 +220,28 @@ def _platform(args: argparse.Namespace) -> int:
             api_token=token,
             max_message_bytes=args.max_message_bytes,
             token_ttl=args.token_ttl,
+        )
+    )
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from .sim import serve
+
+    _configure_logging(args.log_level)
+    token = _secret(args.api_token, "TUNNELNB_API_TOKEN", "API token")
+    asyncio.run(
+        serve(
+            platform_url=args.platform,
+            api_token=token,
+            project_id=args.project_id,
+            devices=args.devices,
+            seed=args.seed,
+            prefix=args.prefix,
+            misbehaving=args.misbehaving,
+            backend=args.backend,
+            quirks=args.quirks,
+            password=os.environ.get("TUNNELNB_LOGIN_PASSWORD"),
         )
     )
     return 0

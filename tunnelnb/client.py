@@ -390,19 +390,33 @@ class DeviceSession:
         log.info("device %s: logged in as %s", self.device_id, user)
 
     async def _sync_shell(self, deadline: float) -> None:
-        """Quieten the shell, then run no-ops until one comes back (early input may be lost)."""
+        """Quieten the shell and wait until a framed no-op comes back.
+
+        Early input may be lost (a C SDK device answers ``connect_response``
+        before its shell exists), so the same no-op is typed again now and then;
+        it keeps one marker, so a slow first answer still counts.
+        """
         loop = asyncio.get_running_loop()
+        marker = new_marker_id(next(self._marker_seq), self._tag)
+        running = _Running(CommandParser(marker))
+        self._running = running
+        script = setup_script() + command_script(marker, "true")
         wait = 0.5
-        while True:
-            await self._send_text(setup_script())
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError
-            try:
-                await self._execute("true", min(wait, remaining), on_output=None, interrupt=False)
-                return
-            except TimeoutError:
+        try:
+            while True:
+                await self._send_text(script)
+                try:
+                    async with asyncio.timeout_at(min(deadline, loop.time() + wait)):
+                        while not isinstance(event := await running.events.get(), Finished):
+                            if isinstance(event, BaseException):
+                                raise event
+                        return
+                except TimeoutError:
+                    if loop.time() >= deadline:
+                        raise
                 wait = min(wait * 2, 4.0)
+        finally:
+            self._running = None
 
     # -- commands ---------------------------------------------------------
 

@@ -38,6 +38,7 @@ log = logging.getLogger("tunnelnb.fleet")
 DEFAULT_MAX_SESSIONS = 100
 
 OutputCallback = Callable[[str, str], None]
+ResultCallback = Callable[[CommandResult], None]
 
 _INVENTORY_COLUMNS = ["device_id", "status", "device_name", "product_id", "fw_version", "sw_version", "tags"]
 
@@ -158,10 +159,12 @@ class Fleet:
         timeout: float = 30.0,
         concurrency: int | None = None,
         on_output: OutputCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> Results:
         """Run ``command`` on every target; one row per device, whatever happens.
 
-        ``on_output(device_id, text)`` sees output as it arrives.  Cancelling
+        ``on_output(device_id, text)`` sees output as it arrives, ``on_result(row)``
+        each device's row as soon as it is done (for progress displays).  Cancelling
         interrupts every command in flight (Ctrl-C on the devices), records the
         rows as ``cancelled`` in :attr:`history` and :attr:`last_results`, and
         re-raises; the sessions stay usable.
@@ -169,7 +172,7 @@ class Fleet:
         if not self._inventory:
             await self.refresh()
         ids = self.select(targets)
-        return await self._fan_out(command, ids, timeout, on_output, concurrency=concurrency)
+        return await self._fan_out(command, ids, timeout, on_output, concurrency=concurrency, on_result=on_result)
 
     async def _fan_out(
         self,
@@ -180,6 +183,7 @@ class Fleet:
         *,
         concurrency: int | None = None,
         login_only: bool = False,
+        on_result: ResultCallback | None = None,
     ) -> Results:
         limit = asyncio.Semaphore(concurrency or self.concurrency)
         rows: dict[str, CommandResult] = {}
@@ -187,7 +191,9 @@ class Fleet:
 
         async def one(device_id: str) -> None:
             async with limit:
-                rows[device_id] = await self._run_one(device_id, command, timeout, on_output, login_only)
+                rows[device_id] = row = await self._run_one(device_id, command, timeout, on_output, login_only)
+            if on_result is not None:
+                on_result(row)
 
         tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in ids]
         try:
