@@ -745,7 +745,9 @@ class _Tunnel:
         elif op is Op.DISCONNECT:
             status = frame.data.get("status_code") if isinstance(frame.data, dict) else None
             log.info("the platform sent disconnect (status %s): ending the shell session", status)
-            await self._end_session()
+            # In the background: the platform's close frame follows at once and must be read
+            # while the shell winds down, or the close times out and looks like a drop (1006).
+            self.spawn(self._end_session())
         elif op is Op.PING:
             await self.send(Frame(Op.PONG, frame.request_id, None))
         else:
