@@ -151,3 +151,38 @@ def test_sync_api_and_ctrl_c_gives_cancelled_rows():
         res = fleet.run("echo after", healthy, timeout=20)
         assert set(res.df.stdout) == {"after\n"}
         assert list(fleet.history.run.unique()) == [1, 2, 3]
+
+
+async def test_tunnelnb_sim_serves_until_sigterm(platform: Platform, api: PlatformAPI):
+    proc = await asyncio.create_subprocess_exec(
+        TUNNELNB,
+        "sim",
+        "--platform",
+        platform.base_url,
+        "--devices",
+        "5",
+        "--misbehaving",
+        "0",
+        "--log-level",
+        "warning",
+        env={**os.environ, "TUNNELNB_API_TOKEN": API_TOKEN, "TUNNELNB_LOGIN_PASSWORD": "sim-pass"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert b"5 simulated devices" in first
+        devices = await api.list_devices()
+        assert sorted(d["device_id"] for d in devices) == [f"device-0{i}" for i in range(1, 6)]
+        assert {d["status"] for d in devices} == {"ONLINE"}
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        assert b"simulated fleet stopped" in out
+        assert b"sim-pass" not in out + err and API_TOKEN.encode() not in out + err
+        assert {d["status"] for d in await api.list_devices()} == {"OFFLINE"}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
