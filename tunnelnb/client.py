@@ -251,9 +251,9 @@ class DeviceSession:
                 frame = await sock.receive()
             except TunnelClosed as exc:
                 self._on_socket_lost(exc)
-                if self.closed or exc.final or not await self._reconnect():
-                    return
-                return  # the reconnect started a fresh reader
+                if not (self.closed or exc.final):
+                    await self._reconnect()  # on success a fresh reader takes over
+                return
             self._dispatch(frame)
 
     def _dispatch(self, frame: Frame) -> None:
