@@ -724,8 +724,10 @@ class Platform:
             for tunnel in list(self._tunnels.values()):
                 if tunnel.device_id == device_id and tunnel.status == OPEN and tunnel.conns[Side.DEVICE] is None:
                     await self._notify(tunnel)
-            async for msg in ws:
-                logger.debug("device %s: ignoring a %s message on its link", device_id, msg.type.name)
+            # A link that drops while aiohttp answers its ping raises instead of closing.
+            with contextlib.suppress(ConnectionResetError):
+                async for msg in ws:
+                    logger.debug("device %s: ignoring a %s message on its link", device_id, msg.type.name)
         finally:
             self._sockets.discard(ws)
             if device.link is ws:
@@ -845,7 +847,8 @@ class Platform:
         finally:
             await self._detach_and_tell(tunnel, conn)
             if not ws.closed:
-                await ws.close()
+                with contextlib.suppress(ConnectionResetError):
+                    await ws.close()
 
     async def _attach(self, tunnel: _Tunnel, conn: _Conn) -> None:
         """Make ``conn`` its side's connection: evict the old one, then announce per the protocol."""
@@ -905,7 +908,10 @@ class Platform:
         """Read one side until it ends, relaying each valid frame as the exact text received."""
         ws, label, limit = conn.ws, conn.side.label, self.max_message_bytes
         while True:
-            msg = await ws.receive()
+            try:
+                msg = await ws.receive()
+            except ConnectionResetError:  # dropped while aiohttp answered a ping: the side is gone
+                return
             if msg.type is WSMsgType.TEXT:
                 text: str = msg.data
                 size = len(text.encode("utf-8", "surrogatepass"))
