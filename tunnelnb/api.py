@@ -68,7 +68,9 @@ class PlatformAPI:
     def session(self) -> aiohttp.ClientSession:
         """The HTTP session, shared with the tunnels' WebSockets."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # No connection cap: every open tunnel WebSocket holds one connection, and a
+            # fleet keeps up to 100 (or more) open besides its REST calls.
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(limit=0))
             self._own_session = True
         return self._session
 

@@ -330,7 +330,13 @@ class Fleet:
         """Close sessions (all of them, and whatever the fleet started, when ``targets`` is None)."""
         ids = list(self._sessions) if targets is None else self.select(targets)
         sessions = [self._sessions.pop(d) for d in ids if d in self._sessions]
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        limit = asyncio.Semaphore(min(self.concurrency, DEFAULT_MAX_SESSIONS))
+
+        async def close_one(session: DeviceSession) -> None:
+            async with limit:  # a thousand closes at once starve the platform and devices
+                await session.close()
+
+        await asyncio.gather(*(close_one(s) for s in sessions), return_exceptions=True)
         if targets is None:
             await self.api.close()
             for closer in reversed(self._cleanup):
