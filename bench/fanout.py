@@ -79,6 +79,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunnelnb.sim import raise_open_files_limit
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
@@ -130,17 +132,6 @@ def maxrss_mb() -> float:
 def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
 
 
 def output_ok(command: str, exit_code: int | None, stdout: str) -> bool:
@@ -302,7 +293,7 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
 
     digest = _LogDigest("devices")
     digest.install()
-    raise_nofile()
+    raise_open_files_limit()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -408,7 +399,7 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
 def client_main(variant: str) -> int:
     out = _protocol_stdout()
     config = json.loads(sys.stdin.readline())
-    raise_nofile()
+    raise_open_files_limit()
     if variant == "pssh":
         return _pssh_client(config, out)
     import asyncio
@@ -1156,7 +1147,7 @@ class Orchestrator:
 
     def bench(self) -> dict[str, Any]:
         started = time.perf_counter()
-        raise_nofile()
+        raise_open_files_limit()
         info = machine_info()
         sizes = self.args.sizes
         self.log(
