@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from tunnelnb.fleet import Fleet
+from tunnelnb.client import DeviceSession
+from tunnelnb.fleet import Fleet, FleetSizeWarning
 from tunnelnb.sshserver import ShellServer
 from tunnelnb.targets import UnknownTargets
 
@@ -59,11 +60,61 @@ async def test_max_sessions_queues_the_rest(api, fleet: Fleet):
     small = Fleet(api, login=(SSH_USER, SSH_PASSWORD), max_sessions=2)
     await small.refresh()
     try:
-        res = await small.run("echo $((1+1))", "device-0[1-4]", timeout=10)
+        with pytest.warns(FleetSizeWarning):
+            res = await small.run("echo $((1+1))", "device-0[1-4]", timeout=10)
         assert list(res.df.status) == ["ok"] * 4
         assert len(small._sessions) <= 2
     finally:
         await small.close("*")
+
+
+class _LoginCounter:
+    """Counts real logins (and the most at once) by wrapping DeviceSession.login."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.devices: list[str] = []
+        self.running = self.peak = 0
+        real = DeviceSession.login
+
+        async def login(session: DeviceSession, *args, **kwargs):
+            self.devices.append(session.device_id)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            try:
+                return await real(session, *args, **kwargs)
+            finally:
+                self.running -= 1
+
+        monkeypatch.setattr(DeviceSession, "login", login)
+
+
+async def test_runs_larger_than_the_pool_warn_and_reuse_logged_in_sessions_first(api, fleet: Fleet, monkeypatch):
+    logins = _LoginCounter(monkeypatch)
+    small = Fleet(api, login=(SSH_USER, SSH_PASSWORD), max_sessions=2, concurrency=1)
+    await small.refresh()
+    try:
+        with pytest.warns(FleetSizeWarning, match="3 targets but at most 2 sessions"):
+            first = await small.run("echo one", "device-0[1-3]", timeout=10)
+        assert list(first.df.status) == ["ok"] * 3
+        assert logins.devices == ["device-01", "device-02", "device-03"]
+        # device-02 and -03 are still logged in: they run first, so only device-01 logs in again.
+        with pytest.warns(FleetSizeWarning):
+            second = await small.run("echo two", "device-0[1-3]", timeout=10)
+        assert list(second.df.device_id) == ["device-01", "device-02", "device-03"]  # rows stay in target order
+        assert list(second.df.status) == ["ok"] * 3
+        assert logins.devices[3:] == ["device-01"]
+    finally:
+        await small.close("*")
+
+
+async def test_login_has_its_own_concurrency(fleet: Fleet, monkeypatch):
+    logins = _LoginCounter(monkeypatch)
+    res = await fleet.login("device-0[1-4]", concurrency=2)
+    assert list(res.df.status) == ["ok"] * 4
+    assert sorted(logins.devices) == ["device-01", "device-02", "device-03", "device-04"]
+    assert 1 <= logins.peak <= 2
+    with pytest.raises(ValueError, match="at least 1"):
+        await fleet.login("device-01", concurrency=0)
 
 
 async def test_unknown_targets_are_one_clear_error(fleet: Fleet):

@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -30,12 +31,18 @@ from .errors import AuthFailed, LoginError, PlatformError, TunnelnbError
 from .results import Results
 from .targets import select_targets
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "Fleet"]
+__all__ = ["DEFAULT_MAX_SESSIONS", "Fleet", "FleetSizeWarning"]
 
 log = logging.getLogger("tunnelnb.fleet")
 
 #: IoTDA allows at most 100 devices logged in at once per instance.
 DEFAULT_MAX_SESSIONS = 100
+
+
+
+class FleetSizeWarning(UserWarning):
+    """A run targets more devices than can stay logged in at once."""
+
 
 OutputCallback = Callable[[str, str], None]
 ResultCallback = Callable[[CommandResult], None]
@@ -128,11 +135,14 @@ class Fleet:
         password: str | None = None,
         password_env: str | None = None,
         timeout: float = 30.0,
+        concurrency: int | None = None,
     ) -> Results:
         """Log in to devices; each gets a row (``ok``, ``auth_failed``, ``offline``…).
 
         The password comes from ``password``, else the environment variable
-        ``password_env``, else a prompt (getpass).
+        ``password_env``, else a prompt (getpass).  At most ``concurrency`` logins
+        run at once (default: the fleet's ``concurrency``, capped at ``max_sessions``,
+        since more would only evict each other).
         """
         if self._inventory == []:
             await self.refresh()
@@ -147,7 +157,9 @@ class Fleet:
                 password = getpass.getpass(f"password for {user} on {len(ids)} device(s): ")
             for device_id in ids:
                 self._logins[device_id] = (user, password)
-        return await self._fan_out("<login>", ids, timeout, None, login_only=True)
+        if concurrency is None:
+            concurrency = min(self.concurrency, self.max_sessions)
+        return await self._fan_out("<login>", ids, timeout, None, concurrency=concurrency, login_only=True)
 
     # -- runs ----------------------------------------------------------------
 
@@ -185,9 +197,18 @@ class Fleet:
         login_only: bool = False,
         on_result: ResultCallback | None = None,
     ) -> Results:
-        limit = asyncio.Semaphore(concurrency or self.concurrency)
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        limit = asyncio.Semaphore(self.concurrency if concurrency is None else concurrency)
         rows: dict[str, CommandResult] = {}
         started_at = datetime.now(UTC)
+        if len(ids) > self.max_sessions:
+            warnings.warn(
+                f"{len(ids)} targets but at most {self.max_sessions} sessions at once: devices beyond that "
+                "log in again on every run; raise Fleet.max_sessions if your instance allows more",
+                FleetSizeWarning,
+                stacklevel=3,
+            )
 
         async def one(device_id: str) -> None:
             async with limit:
@@ -195,7 +216,12 @@ class Fleet:
             if on_result is not None:
                 on_result(row)
 
-        tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in ids]
+        # Devices already logged in go first, so a run larger than the session pool
+        # uses their sessions before newcomers evict them.
+        ready = [d for d in ids if (s := self._sessions.get(d)) is not None and s.logged_in and not s.closed]
+        ready_set = set(ready)
+        order = ready + [d for d in ids if d not in ready_set]
+        tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in order]
         try:
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:

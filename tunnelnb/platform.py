@@ -294,6 +294,7 @@ class Platform:
         self._devices: dict[str, _Device] = {}
         self._tunnels: dict[str, _Tunnel] = {}
         self._sockets: set[web.WebSocketResponse] = set()
+        self._goodbyes: set[asyncio.Task[None]] = set()
         self._ids = RequestIds()
         self._runner: web.AppRunner | None = None
         self._closing = False
@@ -415,6 +416,7 @@ class Platform:
             for device in self._devices.values():
                 if device.link is not None:
                     goodbyes.append(self._close_ws(device.link, CloseCode.GOING_AWAY, "platform shutting down"))
+            goodbyes.extend(self._goodbyes)
             await asyncio.gather(*goodbyes, return_exceptions=True)
             # Anything left: sockets between upgrade and registration, or being refused.
             rest = [self._close_ws(ws, CloseCode.GOING_AWAY, "platform shutting down") for ws in list(self._sockets)]
@@ -676,13 +678,16 @@ class Platform:
             tunnel.status = CLOSED
             tunnel.closed_time = self._now()
             logger.info("tunnel %s of device %s closed", tunnel.tunnel_id, tunnel.device_id)
-            await asyncio.gather(
-                *(
-                    self._dismiss(tunnel, conn, Status.TUNNEL_CLOSED, "tunnel closed", CloseCode.NORMAL)
-                    for conn in tunnel.conns.values()
-                    if conn is not None
-                )
-            )
+            # Answer now; the sides' close handshakes finish in the background (a busy
+            # device can take seconds to answer, and the caller has nothing to wait for).
+            for conn in tunnel.conns.values():
+                if conn is not None:
+                    self._detach(tunnel, conn)
+                    task = asyncio.create_task(
+                        self._dismiss(tunnel, conn, Status.TUNNEL_CLOSED, "tunnel closed", CloseCode.NORMAL)
+                    )
+                    self._goodbyes.add(task)
+                    task.add_done_callback(self._goodbyes.discard)
         return web.Response(status=204)
 
     async def _rest_delete_tunnel(self, request: web.Request) -> web.Response:

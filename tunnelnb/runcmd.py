@@ -13,10 +13,12 @@ import getpass
 import os
 import sys
 import time
+import warnings
 from typing import TextIO
 
 from .client import CommandResult
 from .errors import TunnelnbError
+from .fleet import FleetSizeWarning
 from .results import Results
 
 __all__ = ["format_table", "run_command"]
@@ -111,6 +113,8 @@ def run_command(args: argparse.Namespace, command: str) -> int:
             progress = Progress(len(ids), sys.stderr)
             shower = asyncio.create_task(progress.show())
             try:
+                # One run logs every device in once anyway: the pool-size warning is for repeated runs.
+                warnings.simplefilter("ignore", FleetSizeWarning)
                 outcome["results"] = await fleet.run(
                     command, ids, timeout=args.timeout, concurrency=args.concurrency, on_result=progress.update
                 )
@@ -127,7 +131,8 @@ def run_command(args: argparse.Namespace, command: str) -> int:
 
     interrupted = False
     try:
-        asyncio.run(main())
+        with warnings.catch_warnings():
+            asyncio.run(main())
     except KeyboardInterrupt:
         interrupted = True
     results = outcome.get("results")

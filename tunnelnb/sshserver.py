@@ -716,10 +716,12 @@ class _Session(asyncssh.SSHServerSession[bytes]):
 
     # Output: child → channel, pausing the child while the channel's buffer is full.
     def _out(self, data: bytes) -> None:
-        self._chan.write(data)
+        if not self._chan.is_closing():  # the client hung up: its output has nowhere to go
+            self._chan.write(data)
 
     def _err(self, data: bytes) -> None:
-        self._chan.write_stderr(data)
+        if not self._chan.is_closing():
+            self._chan.write_stderr(data)
 
     def pause_writing(self) -> None:
         if self._proc is not None:
