@@ -12,15 +12,10 @@ client pays for the devices' first boot.  Then each **client** runs alone with t
 devices, in a process of its own (so its CPU time and peak memory are its own), one
 after the other:
 
-* ``tunnelnb``: ``Fleet(PlatformAPI(url, project_id, api_token, session=<aiohttp session
-  without a connection limit>), max_sessions=N, concurrency=100)``, ``refresh()``, then
-  ``fleet.login("*", user, password)`` ("login", 100 devices at a time: ``Fleet.login``
-  takes no concurrency, and 1,000 at once overwhelm the one process that simulates
-  every device), then ``fleet.run(command, "*", concurrency=N)``, timed from the call
-  until ``res.df`` is built.  That is ``tunnelnb.connect()`` but for the session:
-  ``connect()`` keeps aiohttp's default limit of 100 connections, and every open tunnel
-  WebSocket holds one, so beyond 100 sessions its REST calls wait until they time out
-  (the ``tunnelnb.connect(max_sessions=N, …)`` row).
+* ``tunnelnb``: ``tunnelnb.connect(url, project_id, api_token, max_sessions=N,
+  concurrency=N)``, then ``fleet.login("*", user, password, concurrency=100)`` ("login":
+  1,000 logins at once overwhelm the one process that simulates every device), then
+  ``fleet.run(command, "*")``, timed from the call until ``res.df`` is built.
 * ``asyncssh``: what a user who can reach the devices' SSH servers directly would write:
   ``asyncssh.connect`` to every server at once ("login"), then
   ``asyncio.gather(*(conn.run(command) for conn in conns))`` over those connections.
@@ -35,12 +30,11 @@ after the other:
   ``join`` + reading every output.  It runs under ``--pssh-python`` (default: this
   interpreter; e.g. ``python -m venv /tmp/pssh && /tmp/pssh/bin/pip install
   parallel-ssh``); the row says so when it cannot be imported there.
-* Extra rows for N > 100, after the others (``--no-extra`` skips them):
+* An extra row for N > 100, after the others (``--no-extra`` skips it):
   ``tunnelnb.connect()`` with the Fleet's defaults (``max_sessions=100``,
   ``concurrency=100``), ``fleet.set_login(...)`` and one run of the first command
   (the least recently used session makes room for the next device, so every run on
-  N > 100 devices logs in to each device again), and
-  ``tunnelnb.connect(max_sessions=N, concurrency=N)`` as is (login only).
+  N > 100 devices logs in to each device again).
 
 Per client: login once; ``--warmup`` untimed runs of the first command (tunnelnb and
 the persistent shell); then ``--repeats`` rounds of every ``--commands`` entry
@@ -96,11 +90,10 @@ SEED = 1
 VARIANTS = ("tunnelnb", "asyncssh", "asyncssh-shell", "pssh")
 PER_COMMAND_PROCESS = ("asyncssh", "pssh")  # exec channels: a new process on the device per command
 PROFILED = ("tunnelnb", "asyncssh-shell")  # --profile: client and devices process, one more echo run
-EXTRAS = ("tunnelnb-default", "tunnelnb-connect")
+EXTRAS = ("tunnelnb-default",)
 LABELS = {
     "tunnelnb": "tunnelnb",
     "tunnelnb-default": "tunnelnb.connect(), default limits",
-    "tunnelnb-connect": "tunnelnb.connect(max_sessions=N, concurrency=N)",
     "asyncssh": "asyncssh direct (conn.run)",
     "asyncssh-shell": "asyncssh direct, persistent PTY shell",
     "pssh": "parallel-ssh",
@@ -464,11 +457,8 @@ def _by_component(stats: Any) -> dict[str, float]:
 class _TunnelnbClient:
     """tunnelnb's Fleet.  ``mode``:
 
-    * ``"tunnelnb"``: ``Fleet(PlatformAPI(url, ..., session=<aiohttp session without a connection
-      limit>), max_sessions=N, concurrency=N)`` and ``refresh()``: what ``tunnelnb.connect()`` does,
-      except that its session keeps aiohttp's default limit of 100 connections, which the tunnels'
-      WebSockets hold for as long as they are open (see ``"tunnelnb-connect"``);
-    * ``"tunnelnb-connect"``: ``tunnelnb.connect(url, ..., max_sessions=N, concurrency=N)`` as is;
+    * ``"tunnelnb"``: ``tunnelnb.connect(url, ..., max_sessions=N, concurrency=N)``, then
+      ``fleet.login("*", ..., concurrency=<login concurrency>)``;
     * ``"tunnelnb-default"``: ``tunnelnb.connect(url, ...)`` with the Fleet's defaults (100 logged in).
     """
 
@@ -477,42 +467,23 @@ class _TunnelnbClient:
         self.n = len(config["ports"])
         self.mode = mode
         self.fleet: Any = None
-        self.http: Any = None
 
     async def login(self) -> dict[str, Any]:
-        import aiohttp
-
         import tunnelnb
-        from tunnelnb.api import PlatformAPI
-        from tunnelnb.fleet import Fleet
 
         c = self.config
-        if self.mode == "tunnelnb":
-            # Fleet.login has no concurrency argument: it logs in Fleet.concurrency devices at a time.
-            options = {"max_sessions": self.n, "concurrency": min(self.n, c["login_concurrency"])}
-        elif self.mode == "tunnelnb-connect":
-            options = {"max_sessions": self.n, "concurrency": self.n}
-        else:
-            options = {}
+        options = {"max_sessions": self.n, "concurrency": self.n} if self.mode == "tunnelnb" else {}
         t0 = time.perf_counter()
-        if self.mode == "tunnelnb":
-            self.http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
-            )
-            api = PlatformAPI(c["url"], project_id=c["project_id"], api_token=c["api_token"], session=self.http)
-            self.fleet = Fleet(api, **options)
-            await self.fleet.refresh()
-        else:
-            self.fleet = await tunnelnb.connect(
-                c["url"], project_id=c["project_id"], api_token=c["api_token"], **options
-            )
+        self.fleet = await tunnelnb.connect(c["url"], project_id=c["project_id"], api_token=c["api_token"], **options)
         t1 = time.perf_counter()
         if self.mode == "tunnelnb-default":
             # With 100 sessions for N devices, every run logs in again to the devices it reaches (the least
             # recently used session makes room), so logging in first would only be undone: the run does it.
             ids = self.fleet.set_login("*", c["user"], c["password"])
             return {"seconds": None, "connect_s": t1 - t0, "ok": len(ids), "failures": [], "set_login": True}
-        res = await self.fleet.login("*", user=c["user"], password=c["password"], timeout=c["timeout"])
+        res = await self.fleet.login(
+            "*", user=c["user"], password=c["password"], timeout=c["timeout"], concurrency=c["login_concurrency"]
+        )
         df = res.df
         t2 = time.perf_counter()
         bad = df[df.status != "ok"]
@@ -531,8 +502,7 @@ class _TunnelnbClient:
         import pandas as pd
 
         t0 = time.perf_counter()
-        concurrency = self.n if self.mode == "tunnelnb" else None  # the others: the Fleet's own
-        res = await self.fleet.run(command, "*", timeout=self.config["timeout"], concurrency=concurrency)
+        res = await self.fleet.run(command, "*", timeout=self.config["timeout"])
         df = res.df
         dt = time.perf_counter() - t0
         good = 0
@@ -548,16 +518,7 @@ class _TunnelnbClient:
     async def close(self) -> None:
         if self.fleet is not None:
             fleet, self.fleet = self.fleet, None
-            # fleet.close() closes every session at once: with 1,000 that storm starves the simulated
-            # devices' process until WebSocket heartbeats fail (see the report), so close 100 at a time.
-            ids = [d for d in fleet.select("*") if fleet.session(d) is not None]
-            step = self.config["login_concurrency"]
-            for i in range(0, len(ids), step):
-                await fleet.close(ids[i : i + step])
-            await fleet.close()
-        if self.http is not None:
-            await self.http.close()
-            self.http = None
+            await fleet.close()  # at most 100 sessions closing at once
 
 
 def _connect_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -739,7 +700,7 @@ async def _async_client(variant: str, config: dict[str, Any], out: Any) -> int:
     digest = _LogDigest(variant)
     digest.install()
     client: Any
-    if variant in ("tunnelnb", "tunnelnb-connect", "tunnelnb-default"):
+    if variant in ("tunnelnb", "tunnelnb-default"):
         import tunnelnb.fleet  # imported here, so the idle RSS counts pandas and aiohttp
 
         client = _TunnelnbClient(config, variant)
@@ -819,7 +780,6 @@ def _versions(variant: str) -> dict[str, str]:
     names = {
         "tunnelnb": ("tunnelnb", "aiohttp", "pandas"),
         "tunnelnb-default": ("tunnelnb", "aiohttp", "pandas"),
-        "tunnelnb-connect": ("tunnelnb", "aiohttp", "pandas"),
         "asyncssh": ("asyncssh", "cryptography"),
         "asyncssh-shell": ("asyncssh", "cryptography"),
         "pssh": ("parallel-ssh", "ssh2-python", "gevent"),
@@ -1027,8 +987,6 @@ class Orchestrator:
                 result["variants"]["tunnelnb-default"] = self.phase(
                     "tunnelnb-default", devices, config, n, args.default_limit_repeats, 0, False, commands=1
                 )
-                # Stock connect() last: it leaves tunnels behind that it could not use.
-                result["variants"]["tunnelnb-connect"] = self.phase("tunnelnb-connect", devices, config, n, 0, 0, False)
 
             end = self.usage(devices)
             result["devices"]["end_rss_mb"] = end["rss_mb"]
@@ -1341,14 +1299,11 @@ def report(result: dict[str, Any]) -> str:
         f"≤ {TARGET_RATIO:g}x asyncssh direct (`conn.run`). Client peak MB: the client process's ru_maxrss over its "
         "life, logins included.",
         "",
-        f"tunnelnb: `Fleet(PlatformAPI(url, ..., session=aiohttp.ClientSession(connector=TCPConnector(limit=0))), "
-        f"max_sessions=N, concurrency={cfg['login_concurrency']})`, which is `tunnelnb.connect()` but for the "
-        "connection limit (see the `tunnelnb.connect(max_sessions=N, …)` row); logins "
-        f"{cfg['login_concurrency']} at a time (`Fleet.login` takes no concurrency), runs with `concurrency=N`. "
-        "Extra rows at N > 100, measured after the others: `tunnelnb.connect()` with the Fleet's defaults "
+        "tunnelnb: `tunnelnb.connect(url, ..., max_sessions=N, concurrency=N)`; logins "
+        f"{cfg['login_concurrency']} at a time (`fleet.login(..., concurrency={cfg['login_concurrency']})`). "
+        "Extra row at N > 100, measured after the others: `tunnelnb.connect()` with the Fleet's defaults "
         "(`max_sessions=100`, `concurrency=100`), `fleet.set_login(...)` and one run: the least recently used session "
-        "makes room for the next device, so every run on N > 100 devices logs in to each of them again; and "
-        "`tunnelnb.connect(max_sessions=N, concurrency=N)` as is (login only).",
+        "makes room for the next device, so every run on N > 100 devices logs in to each of them again.",
         "",
         "Setup: one process runs the platform and the simulated fleet (backend `ssh`: per device an agent and an "
         "embedded asyncssh server in front of a sandboxed `/bin/sh`; `misbehaving=0`, so every device is healthy; "
