@@ -47,6 +47,9 @@ class FleetSizeWarning(UserWarning):
 OutputCallback = Callable[[str, str], None]
 ResultCallback = Callable[[CommandResult], None]
 
+_STATUS_COLUMNS = [
+    "device_id", "online", "tunnel", "logged_in", "running", "last_status", "last_exit_code", "last_duration_s"
+]
 _INVENTORY_COLUMNS = ["device_id", "status", "device_name", "product_id", "fw_version", "sw_version", "tags"]
 
 
@@ -84,6 +87,9 @@ class Fleet:
         self._run_ids = itertools.count(1)
         self._cleanup = list(cleanup)
         self.last_results: Results | None = None
+        self._running: dict[str, str] = {}
+        self._last: dict[str, CommandResult] = {}
+        self._watchers: list[Callable[[str | None], None]] = []
 
     def __repr__(self) -> str:
         return f"<Fleet {self.api.base_url} project={self.api.project_id} devices={len(self._inventory)}>"
@@ -101,6 +107,7 @@ class Fleet:
     async def refresh(self) -> pd.DataFrame:
         """Read the inventory from the platform again."""
         self._inventory = await self.api.list_devices()
+        self._changed(None)
         return self.devices()
 
     def devices(self) -> pd.DataFrame:
@@ -114,6 +121,53 @@ class Fleet:
     def select(self, targets: str | Iterable[str] = "*") -> list[str]:
         """Device ids for ``targets`` (ids, globs, ranges, ``@tag``, lists); unknown ones are an error."""
         return select_targets(targets, self._inventory)
+
+    # -- live state (dashboards) ---------------------------------------------
+
+    def status(self) -> pd.DataFrame:
+        """One row per device: online, tunnel, logged in, running command, last result."""
+        rows = []
+        for d in self._inventory:
+            device_id = d.get("device_id")
+            session = self._sessions.get(device_id)
+            last = self._last.get(device_id)
+            if session is None:
+                tunnel = "none"
+            elif session.closed:
+                tunnel = "closed"
+            else:
+                tunnel = "connected" if session.joined else "waiting"
+            rows.append(
+                {
+                    "device_id": device_id,
+                    "online": d.get("status") == "ONLINE",
+                    "tunnel": tunnel,
+                    "logged_in": bool(session is not None and session.logged_in and not session.closed),
+                    "running": self._running.get(device_id),
+                    "last_status": last.status if last else None,
+                    "last_exit_code": last.exit_code if last else None,
+                    "last_duration_s": last.duration_s if last else None,
+                }
+            )
+        df = pd.DataFrame(rows, columns=_STATUS_COLUMNS)
+        df["last_exit_code"] = df["last_exit_code"].astype("Int64")
+        return df
+
+    def watch(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
+        """Call ``callback(device_id)`` whenever a device's state changes (``None``: all may have).
+
+        Returns a function that stops the calls.  Callbacks run on the fleet's event
+        loop and must not block; an exception in one is logged, not raised.
+        """
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def _changed(self, device_id: str | None) -> None:
+        for watcher in list(self._watchers):
+            try:
+                watcher(device_id)
+            except Exception:
+                log.exception("fleet watcher failed")
 
     # -- credentials --------------------------------------------------------
 
@@ -251,6 +305,35 @@ class Fleet:
         on_output: OutputCallback | None,
         login_only: bool,
     ) -> CommandResult:
+        self._running[device_id] = command
+        self._changed(device_id)
+        try:
+            result = await self._run_one_row(device_id, command, timeout, on_output, login_only)
+        finally:
+            self._running.pop(device_id, None)
+        if not login_only:
+            self._last[device_id] = result
+        if result.status == ResultStatus.OFFLINE:
+            self._set_online(device_id, False)
+        elif result.status in (ResultStatus.OK, ResultStatus.ERROR, ResultStatus.TIMEOUT):
+            self._set_online(device_id, True)
+        self._changed(device_id)
+        return result
+
+    def _set_online(self, device_id: str, online: bool) -> None:
+        """What a run learnt about a device, until the next :meth:`refresh`."""
+        for d in self._inventory:
+            if d.get("device_id") == device_id:
+                d["status"] = "ONLINE" if online else "OFFLINE"
+
+    async def _run_one_row(
+        self,
+        device_id: str,
+        command: str,
+        timeout: float,
+        on_output: OutputCallback | None,
+        login_only: bool,
+    ) -> CommandResult:
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
 
@@ -363,6 +446,7 @@ class Fleet:
                 await session.close()
 
         await asyncio.gather(*(close_one(s) for s in sessions), return_exceptions=True)
+        self._changed(None)
         if targets is None:
             await self.api.close()
             for closer in reversed(self._cleanup):
