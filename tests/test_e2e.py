@@ -273,3 +273,10 @@ async def test_session_logs_in_again_when_the_device_comes_back(api, platform, s
             assert (r.status, r.stdout) == (ResultStatus.OK, "back\n"), r
         finally:
             await agent.stop()
+
+
+async def test_live_output_keeps_colours_and_stdout_does_not(session: DeviceSession):
+    live: list[str] = []
+    r = await session.run(r"printf '\033[31mred\033[0m plain\n'", on_output=live.append)
+    assert r.stdout == "red plain\n"
+    assert "".join(live) == "\x1b[31mred\x1b[0m plain\n"

@@ -37,7 +37,16 @@ from .errors import (
     TunnelnbError,
 )
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES, Frame, Op, RequestIds, Status, chunk_text
-from .shell import CommandParser, Finished, Output, TerminalText, command_script, new_marker_id, setup_script
+from .shell import (
+    CommandParser,
+    Finished,
+    Output,
+    TerminalText,
+    command_script,
+    new_marker_id,
+    setup_script,
+    strip_escapes,
+)
 from .transport import TunnelClosed, TunnelSocket
 
 __all__ = ["CommandResult", "DeviceOffline", "DeviceSession", "ResultStatus"]
@@ -128,7 +137,9 @@ class DeviceSession:
         self._joined = asyncio.Event()
         self._login_waiter: asyncio.Future[None] | None = None
         self._running: _Running | None = None
-        self._term = TerminalText()
+        # Escapes stay in the live output (notebooks and terminals render colours);
+        # a result's stdout has them stripped.
+        self._term = TerminalText(strip_escapes=False)
         self._lock = asyncio.Lock()
         self._credentials: tuple[str, str] | None = None
         self._listeners: list[Callable[[str], None]] = []
@@ -473,15 +484,15 @@ class DeviceSession:
             except TimeoutError:
                 return result(
                     ResultStatus.TIMEOUT,
-                    stdout="".join(chunks),
+                    stdout=strip_escapes("".join(chunks)),
                     error=f"no end of output within {timeout:g} s (still running, or output was lost); "
                     "sent Ctrl-C",
                 )
             except (DeviceDisconnected, TunnelError) as exc:
-                return result(ResultStatus.DISCONNECTED, stdout="".join(chunks), error=str(exc))
+                return result(ResultStatus.DISCONNECTED, stdout=strip_escapes("".join(chunks)), error=str(exc))
             status = ResultStatus.OK if code == 0 else ResultStatus.ERROR
             error = "" if code == 0 else f"exit status {code}"
-            return result(status, code, "".join(chunks), error)
+            return result(status, code, strip_escapes("".join(chunks)), error)
 
     async def stream(self, command: str, *, timeout: float = 30.0) -> AsyncIterator[str]:
         """Yield ``command``'s output as it arrives; :attr:`last_result` holds the result after."""

@@ -29,6 +29,7 @@ __all__ = [
     "command_script",
     "new_marker_id",
     "setup_script",
+    "strip_escapes",
 ]
 
 #: A canonical-mode terminal takes at most 4,095 bytes per typed line; stay well below.
@@ -93,6 +94,11 @@ _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]{0,512}(?:\x07|\x
 _PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]{0,512}\x1b?|[()*+])?\Z")
 
 
+def strip_escapes(text: str) -> str:
+    """``text`` without terminal escape sequences (colours, cursor moves, titles)."""
+    return _ESCAPE.sub("", text) if "\x1b" in text else text
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PAIR = re.compile("([\ud800-\udbff])([\udc00-\udfff])")
 _NOT_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
@@ -153,9 +159,7 @@ class TerminalText:
             if hold:
                 text, self._pending = text[:-hold], text[-hold:]
         text = text.replace("\r\n", "\n")
-        if self._strip:
-            text = _ESCAPE.sub("", text)
-        return text
+        return strip_escapes(text) if self._strip else text
 
 
 @dataclass(frozen=True, slots=True)
