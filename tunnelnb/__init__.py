@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "connect", "connect_sync"]
+__all__ = ["__version__", "connect", "connect_sync", "load_ipython_extension", "unload_ipython_extension"]
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -75,3 +75,16 @@ def connect_sync(url: str | None = None, **kwargs: Any) -> Any:
     from .sync import connect_sync as _connect_sync
 
     return _connect_sync(url, **kwargs)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext tunnelnb``: registers the ``%tunnel`` / ``%%tunnel`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)

@@ -79,6 +79,7 @@ class Fleet:
         self.join_timeout = join_timeout
         self._default_login = login
         self._logins: dict[str, tuple[str, str]] = {}
+        self._new_login: set[str] = set()  # devices whose login changed since their session logged in
         self._sessions: OrderedDict[str, DeviceSession] = OrderedDict()
         self._busy: set[str] = set()
         self._pool = asyncio.Condition()
@@ -176,7 +177,12 @@ class Fleet:
         ids = self.select(targets)
         for device_id in ids:
             self._logins[device_id] = (user, password)
+        self._new_login.update(ids)
         return ids
+
+    def has_login(self, targets: str | Iterable[str] = "*") -> bool:
+        """Does the fleet know a login for every one of ``targets``?"""
+        return all(self._login_for(d) is not None for d in self.select(targets))
 
     def _login_for(self, device_id: str) -> tuple[str, str] | None:
         return self._logins.get(device_id) or self._default_login
@@ -211,6 +217,7 @@ class Fleet:
                 password = getpass.getpass(f"password for {user} on {len(ids)} device(s): ")
             for device_id in ids:
                 self._logins[device_id] = (user, password)
+            self._new_login.update(ids)
         if concurrency is None:
             concurrency = min(self.concurrency, self.max_sessions)
         return await self._fan_out("<login>", ids, timeout, None, concurrency=concurrency, login_only=True)
@@ -349,7 +356,8 @@ class Fleet:
         except (TunnelnbError, PlatformError) as exc:
             return row(ResultStatus.DISCONNECTED, str(exc))
         try:
-            if not session.logged_in:
+            if not session.logged_in or device_id in self._new_login:
+                self._new_login.discard(device_id)
                 credentials = self._login_for(device_id)
                 if credentials is None:
                     return row(

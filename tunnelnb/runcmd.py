@@ -16,51 +16,12 @@ import time
 import warnings
 from typing import TextIO
 
-from .client import CommandResult
 from .errors import TunnelnbError
 from .fleet import FleetSizeWarning
+from .live import TextProgress
 from .results import Results
 
 __all__ = ["format_table", "run_command"]
-
-#: Progress appears on stderr once a run has lasted this long.
-PROGRESS_AFTER_S = 1.0
-
-
-class Progress:
-    """``[12/50] 10 ok, 2 failed`` on stderr: rewritten in place on a terminal, a line every 5 s otherwise."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total, self.stream = total, stream
-        self.ok = self.failed = 0
-        self._tty = stream.isatty()
-        self._shown = False
-
-    def update(self, row: CommandResult) -> None:
-        if row.ok:
-            self.ok += 1
-        else:
-            self.failed += 1
-
-    def line(self) -> str:
-        return f"[{self.ok + self.failed}/{self.total}] {self.ok} ok, {self.failed} failed"
-
-    async def show(self) -> None:
-        await asyncio.sleep(PROGRESS_AFTER_S)
-        while True:
-            if self._tty:
-                self.stream.write("\r" + self.line())
-            else:
-                self.stream.write(self.line() + "\n")
-            self.stream.flush()
-            self._shown = True
-            await asyncio.sleep(0.2 if self._tty else 5.0)
-
-    def done(self) -> None:
-        if self._shown and self._tty:
-            self.stream.write("\r" + self.line() + "\n")
-            self.stream.flush()
-
 
 def format_table(results: Results) -> str:
     """One aligned row per device; further output lines are indented under the first."""
@@ -110,7 +71,7 @@ def run_command(args: argparse.Namespace, command: str) -> int:
         try:
             ids = fleet.select(args.targets)
             fleet.set_login(ids, args.user, password)
-            progress = Progress(len(ids), sys.stderr)
+            progress = TextProgress(len(ids), sys.stderr)
             shower = asyncio.create_task(progress.show())
             try:
                 # One run logs every device in once anyway: the pool-size warning is for repeated runs.
@@ -124,7 +85,7 @@ def run_command(args: argparse.Namespace, command: str) -> int:
                 raise
             finally:
                 shower.cancel()
-                progress.done()
+                progress.close()
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await fleet.close()

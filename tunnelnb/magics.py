@@ -1,0 +1,448 @@
+"""``%tunnel`` and ``%%tunnel``: the IPython face of the fleet.
+
+A thin front end: it parses, picks the loop (:mod:`tunnelnb.runner`), and shows
+what the :class:`~tunnelnb.fleet.Fleet` does.  Options are traitlets, so
+``%config TunnelMagics.timeout = 60`` and IPython profiles work.  Mistakes by
+the user are one line (:class:`~IPython.core.error.UsageError`), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import shlex
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.utils.text import DollarFormatter
+from traitlets import Bool, Float, Int
+from traitlets.config import Configurable
+
+from .errors import TunnelnbError
+from .fleet import Fleet
+from .live import LiveOutput, TextProgress, WidgetProgress
+from .results import Results
+from .runner import KernelLoopRunner, LoopRunner, runner_for_this_thread
+
+__all__ = ["TunnelMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+SUBCOMMANDS = ("connect", "devices", "login", "shell", "status", "history", "close")
+
+_LINE_HELP = """\
+Run shell commands on devices behind the secure tunnel, and manage the connection.
+
+Line magic::
+
+  %tunnel connect --embedded [--devices N] [--seed S]   local platform + simulated fleet in this kernel
+  %tunnel connect URL [--project-id P] [--api-token-env VAR]
+  %tunnel devices [--refresh]             the inventory table
+  %tunnel login TARGETS [--user U] [--password-env VAR]   (prompts when no variable is given)
+  %tunnel TARGETS [--timeout S] -- COMMAND    one command on the targets
+  %tunnel shell DEVICE                    an interactive terminal (notebooks)
+  %tunnel status                          the live fleet dashboard
+  %tunnel history [--last N]              every run so far
+  %tunnel close [TARGETS | --all]         close sessions (everything with --all or no targets)
+
+Cell magic: the cell is one shell script, run on every target in its persistent
+shell; ``{expr}`` and ``$var`` expand from the notebook's namespace as for ``!``
+lines (``$$`` is a literal ``$``; ``--raw`` turns expansion off).
+
+TARGETS: ids, globs (``device-*``), ranges (``device-0[1-4]``), tags (``@edge``,
+``@fw=2.1``), several separated by spaces.  Secrets are never accepted on the
+line: passwords and tokens come from environment variables or a hidden prompt.
+"""
+
+
+@magics_class
+class TunnelMagics(Magics):
+    """The ``%tunnel`` magics; configurable with ``%config TunnelMagics.<option> = value``."""
+
+    timeout = Float(30.0, help="Seconds a command may run on a device before it is interrupted.").tag(config=True)
+    concurrency = Int(100, help="Devices running a command at once.").tag(config=True)
+    display_limit = Int(50, help="Rows shown in a results table (all rows stay in .df).").tag(config=True)
+    stream = Bool(True, help="Show device output live while a cell runs.").tag(config=True)
+    stream_max_lines = Int(1000, help="Live output lines per run before the rest is left to the table.").tag(
+        config=True
+    )
+    progress_after = Float(2.0, help="Seconds into a run before the progress bar appears.").tag(config=True)
+    devices = Int(8, help="Devices in the embedded simulated fleet (connect --embedded).").tag(config=True)
+    seed = Int(1, help="Seed of the embedded simulated fleet (connect --embedded).").tag(config=True)
+
+    def __init__(self, shell: Any) -> None:
+        Configurable.__init__(self, config=shell.config)
+        Magics.__init__(self, shell=shell)
+        self.fleet: Fleet | None = None
+        self._runner: LoopRunner | None = None
+        self._where = ""
+
+    # -- the magic ---------------------------------------------------------
+
+    @magic_arguments()
+    @argument("targets", nargs="*", help="devices: ids, globs, ranges, @tags")
+    @argument("--timeout", type=float, help="seconds per device (default: TunnelMagics.timeout)")
+    @argument("--concurrency", type=int, help="devices at once (default: TunnelMagics.concurrency)")
+    @argument("--parse", metavar="FMT", help="parse the outputs: kv, json, csv, table or regex")
+    @argument("--pattern", help="the regex for --parse regex (named groups become columns)")
+    @argument("-o", "--out", metavar="VAR", help="store the Results object in this variable")
+    @argument("--no-stream", action="store_true", help="do not show device output live")
+    @argument("--raw", action="store_true", help="do not expand {expr} and $var in the cell")
+    @line_cell_magic
+    def tunnel(self, line: str, cell: str | None = None) -> Any:
+        try:
+            if cell is None:
+                return self._line(line)
+            return self._cell(line, cell)
+        except TunnelnbError as exc:
+            raise UsageError(str(exc)) from None
+        except _HelpShown:
+            return None
+
+    # The help shows the subcommands first, then the cell magic's options.
+    tunnel.__doc__ = _LINE_HELP + "\n" + (tunnel.__doc__ or "")
+
+    def _line(self, line: str) -> Any:
+        words = line.split()
+        if "--" in words:
+            before, _, command = line.partition(" -- ") if " -- " in line else (line.rstrip("- "), "", "")
+            if not command.strip():
+                raise UsageError("no command after --: %tunnel TARGETS -- COMMAND")
+            args = self._parse(before, _RUN_OPTIONS)
+            return self._run(args, command.strip())
+        if not words:
+            raise UsageError("what should %tunnel do? Try %tunnel connect --embedded, or %tunnel? for help")
+        sub, rest = words[0], line.strip()[len(words[0]) :]
+        if sub not in SUBCOMMANDS:
+            raise UsageError(
+                f"unknown subcommand {sub!r}: use {', '.join(SUBCOMMANDS)}, or TARGETS -- COMMAND (see %tunnel?)"
+            )
+        return getattr(self, f"_{sub}")(rest)
+
+    def _cell(self, line: str, cell: str) -> Any:
+        args = parse_argstring(self.tunnel, line)
+        if not cell.strip():
+            raise UsageError("the cell is empty: write the shell script to run below %%tunnel TARGETS")
+        script = cell if args.raw else _expand(cell, self.shell.user_ns)
+        return self._run(args, script)
+
+    # -- subcommands ---------------------------------------------------------
+
+    def _connect(self, rest: str) -> None:
+        args = self._parse(rest, _CONNECT)
+        import tunnelnb
+
+        if args.embedded == bool(args.url):
+            raise UsageError("connect needs a platform URL or --embedded (not both)")
+        self._close_all(quiet=True)
+        runner = runner_for_this_thread()
+        try:
+            if args.embedded:
+                devices = self.devices if args.devices is None else args.devices
+                seed = self.seed if args.seed is None else args.seed
+                fleet = runner.run(
+                    tunnelnb.connect(embedded=True, devices=devices, seed=seed, concurrency=self.concurrency)
+                )
+                platform = fleet.embedded[0]  # type: ignore[attr-defined]
+                where = f"embedded platform {platform.base_url} with {devices} simulated devices (seed {seed})"
+            else:
+                token = os.environ.get(args.api_token_env)
+                if not token:
+                    token = _prompt(f"API token for {args.url} (${args.api_token_env} is not set): ")
+                fleet = runner.run(
+                    tunnelnb.connect(
+                        args.url, project_id=args.project_id, api_token=token, concurrency=self.concurrency
+                    )
+                )
+                where = f"{args.url}, project {fleet.api.project_id}, token ****"
+        except BaseException:
+            runner.close()
+            raise
+        self.fleet, self._runner, self._where = fleet, runner, where
+        df = fleet.devices()
+        online = int((df.status == "ONLINE").sum())
+        print(f"connected to {where}: {len(df)} devices, {online} online")
+        if args.out:
+            self.shell.user_ns[args.out] = fleet
+
+    def _devices(self, rest: str) -> Any:
+        args = self._parse(rest, _DEVICES)
+        fleet = self._need_fleet()
+        if args.refresh:
+            return self._call(fleet.refresh())
+        return fleet.devices()
+
+    def _login(self, rest: str) -> Results:
+        args = self._parse(rest, _LOGIN)
+        fleet = self._need_fleet()
+        targets = " ".join(args.targets) or "*"
+        ids = fleet.select(targets)
+        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        if args.user is not None or args.password_env is not None or not fleet.has_login(ids):
+            kwargs["user"] = args.user or getpass.getuser()
+            if args.password_env:
+                if args.password_env not in os.environ:
+                    raise UsageError(f"environment variable {args.password_env} is not set: export it, or omit it")
+                kwargs["password_env"] = args.password_env
+            else:
+                kwargs["password"] = _prompt(f"password for {kwargs['user']} on {len(ids)} device(s): ")
+        results = self._call(fleet.login(ids, **kwargs))
+        results.html_max_rows = self.display_limit
+        return results
+
+    def _shell(self, rest: str) -> Any:
+        args = self._parse(rest, _SHELL)
+        fleet = self._need_fleet()
+        ids = fleet.select(args.device)
+        if len(ids) != 1:
+            raise UsageError(f"shell takes one device; {args.device!r} means {len(ids)}")
+        device_id = ids[0]
+        if not self._in_kernel():
+            raise UsageError("%tunnel shell needs a notebook (ipywidgets); here use %tunnel DEVICE -- COMMAND")
+        from .widgets import Terminal
+
+        return Terminal(fleet, device_id, loop=self._loop(), timeout=self.timeout)
+
+    def _status(self, rest: str) -> Any:
+        self._parse(rest, _STATUS)
+        fleet = self._need_fleet()
+        if not self._in_kernel():
+            return fleet.status()
+        from .widgets import FleetDashboard
+
+        return FleetDashboard(fleet, loop=self._loop())
+
+    def _history(self, rest: str) -> Any:
+        args = self._parse(rest, _HISTORY)
+        history = self._need_fleet().history
+        if args.last:
+            runs = sorted(history.run.unique())[-args.last :]
+            history = history[history.run.isin(runs)]
+        return history
+
+    def _close(self, rest: str) -> None:
+        args = self._parse(rest, _CLOSE)
+        if args.all or not args.targets:
+            if self.fleet is None:
+                print("nothing to close")
+                return
+            self._close_all()
+            return
+        fleet = self._need_fleet()
+        ids = fleet.select(" ".join(args.targets))
+        self._call(fleet.close(ids))
+        print(f"closed {len(ids)} session(s)")
+
+    # -- running -------------------------------------------------------------
+
+    def _run(self, args: argparse.Namespace, command: str) -> Any:
+        fleet = self._need_fleet()
+        if not args.targets:
+            raise UsageError("no targets: %%tunnel device-01 device-02 (ids, globs, ranges or @tags)")
+        ids = fleet.select(" ".join(args.targets))
+        if not ids:
+            raise UsageError(f"no device matches {' '.join(args.targets)!r}: %tunnel devices lists them")
+        timeout = self.timeout if args.timeout is None else args.timeout
+        concurrency = self.concurrency if args.concurrency is None else args.concurrency
+        if timeout <= 0 or concurrency < 1:
+            raise UsageError("--timeout must be positive and --concurrency at least 1")
+        live = None
+        if self.stream and not args.no_stream:
+            live = LiveOutput(sys.stdout, ids, max_lines=self.stream_max_lines)
+        progress: WidgetProgress | TextProgress
+        timer: Any
+        loop = self._loop()
+        if self._in_kernel():
+            progress = WidgetProgress(len(ids), after_s=self.progress_after)
+            timer = loop.call_later(self.progress_after, progress.show)
+        else:
+            progress = TextProgress(len(ids), sys.stderr, after_s=self.progress_after)
+            timer = None
+
+        def on_result(row: Any) -> None:
+            if live is not None:
+                live.finish(row.device_id)
+            progress.update(row)
+
+        async def run() -> Results:
+            shower = None if timer is not None else _start(progress)
+            try:
+                return await fleet.run(
+                    command,
+                    ids,
+                    timeout=timeout,
+                    concurrency=concurrency,
+                    on_output=live.write if live is not None else None,
+                    on_result=on_result,
+                )
+            finally:
+                if shower is not None:
+                    shower.cancel()
+
+        interrupted = False
+        try:
+            results = self._call(run())
+        except KeyboardInterrupt:
+            interrupted = True
+            if fleet.last_results is None:
+                raise
+            results = fleet.last_results
+        finally:
+            if timer is not None:
+                loop.call_soon_threadsafe(timer.cancel)
+            if live is not None:
+                live.close()
+            progress.close()
+        results.html_max_rows = self.display_limit
+        if args.out:
+            self.shell.user_ns[args.out] = results
+        if interrupted:
+            from IPython.display import display
+
+            display(results)
+            raise KeyboardInterrupt
+        if args.parse:
+            options = {"pattern": args.pattern} if args.pattern else {}
+            return results.parse(args.parse, **options)
+        return results
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _need_fleet(self) -> Fleet:
+        if self.fleet is None:
+            raise UsageError("not connected: run %tunnel connect --embedded (or %tunnel connect URL) first")
+        return self.fleet
+
+    def _call(self, coro: Any) -> Any:
+        assert self._runner is not None
+        return self._runner.run(coro)
+
+    def _loop(self) -> Any:
+        assert self._runner is not None
+        return self._runner.loop
+
+    def _in_kernel(self) -> bool:
+        return isinstance(self._runner, KernelLoopRunner) and getattr(self.shell, "kernel", None) is not None
+
+    def _close_all(self, *, quiet: bool = False) -> None:
+        fleet, runner = self.fleet, self._runner
+        self.fleet, self._runner = None, None
+        if fleet is None or runner is None:
+            return
+        try:
+            runner.run(fleet.close())
+        finally:
+            runner.close()
+        if not quiet:
+            print(f"closed the connection to {self._where}")
+
+    @staticmethod
+    def _parse(rest: str, parser: MagicArgumentParser) -> argparse.Namespace:
+        try:
+            words = shlex.split(rest)
+        except ValueError as exc:
+            raise UsageError(f"cannot parse {rest.strip()!r}: {exc}") from None
+        try:
+            return parser.parse_args(words)
+        except SystemExit:  # -h printed the help
+            raise _HelpShown from None
+
+
+class _HelpShown(Exception):
+    """A subcommand's ``-h``: its help is printed, and there is nothing else to do."""
+
+
+def _expand(script: str, namespace: dict[str, Any]) -> str:
+    """``{expr}`` and ``$var`` from the notebook, exactly as IPython expands ``!`` lines.
+
+    As there, it is all or nothing: when one name is unknown (``$HOME`` is the
+    shell's), the script is left exactly as written.
+    """
+    try:
+        return DollarFormatter().vformat(script, args=[], kwargs=namespace)
+    except Exception:
+        return script
+
+
+def _prompt(question: str) -> str:
+    try:
+        answer = getpass.getpass(question)
+    except Exception as exc:  # no terminal and no notebook front end (e.g. nbclient)
+        raise UsageError(f"cannot prompt here ({exc}): give the secret through an environment variable") from None
+    if not answer:
+        raise UsageError("nothing entered")
+    return answer
+
+
+def _start(progress: TextProgress) -> Any:
+    import asyncio
+
+    return asyncio.ensure_future(progress.show())
+
+
+def _parser(prog: str, description: str) -> MagicArgumentParser:
+    return MagicArgumentParser(prog=f"tunnel {prog}", description=description, add_help=True)
+
+
+_CONNECT = _parser("connect", "Connect to a platform, or start an embedded one with a simulated fleet.")
+_CONNECT.add_argument("url", nargs="?", help="the platform's base URL, e.g. http://127.0.0.1:8765")
+_CONNECT.add_argument("--embedded", action="store_true", help="local platform + simulated fleet in this process")
+_CONNECT.add_argument("--devices", type=int, help="simulated devices (default: TunnelMagics.devices)")
+_CONNECT.add_argument("--seed", type=int, help="simulated fleet seed (default: TunnelMagics.seed)")
+_CONNECT.add_argument("--project-id", help="project id (default: $TUNNELNB_PROJECT_ID or demo)")
+_CONNECT.add_argument(
+    "--api-token-env", default="TUNNELNB_API_TOKEN", metavar="VAR", help="variable holding the API token"
+)
+_CONNECT.add_argument("-o", "--out", metavar="VAR", help="also store the Fleet in this variable")
+
+_DEVICES = _parser("devices", "The inventory: one row per device.")
+_DEVICES.add_argument("--refresh", action="store_true", help="read it from the platform again")
+
+_LOGIN = _parser("login", "Log in to devices (the password is never echoed or stored outside memory).")
+_LOGIN.add_argument("targets", nargs="*", help="devices (default: all)")
+_LOGIN.add_argument("--user", help="login user (default: the one already known, else your user name)")
+_LOGIN.add_argument("--password-env", metavar="VAR", help="variable holding the password (else a hidden prompt)")
+
+_SHELL = _parser("shell", "An interactive terminal to one device.")
+_SHELL.add_argument("device", help="the device id")
+
+_HISTORY = _parser("history", "Every run so far, one row per device and run.")
+_HISTORY.add_argument("--last", type=int, metavar="N", help="only the last N runs")
+
+_CLOSE = _parser("close", "Close sessions; with no targets (or --all) the whole connection.")
+_CLOSE.add_argument("targets", nargs="*", help="devices whose sessions to close")
+_CLOSE.add_argument("--all", action="store_true", help="close everything, including an embedded platform")
+
+_RUN_OPTIONS = _parser("TARGETS -- COMMAND", "Run one command on the targets.")
+_RUN_OPTIONS.add_argument("targets", nargs="*")
+_RUN_OPTIONS.add_argument("--timeout", type=float)
+_RUN_OPTIONS.add_argument("--concurrency", type=int)
+_RUN_OPTIONS.add_argument("--parse", metavar="FMT")
+_RUN_OPTIONS.add_argument("--pattern")
+_RUN_OPTIONS.add_argument("-o", "--out", metavar="VAR")
+_RUN_OPTIONS.add_argument("--no-stream", action="store_true")
+
+
+_STATUS = _parser("status", "The live fleet dashboard (a table outside notebooks).")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext tunnelnb``."""
+    magics = TunnelMagics(ipython)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)
+    ipython._tunnelnb_magics = magics
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext tunnelnb``: close the connection."""
+    magics = getattr(ipython, "_tunnelnb_magics", None)
+    if magics is not None:
+        magics._close_all(quiet=True)
+        if magics in ipython.configurables:
+            ipython.configurables.remove(magics)
+        del ipython._tunnelnb_magics
