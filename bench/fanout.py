@@ -73,10 +73,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunnelnb.sim import raise_open_files_limit
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing (and under --pssh-python)
+
+from tunnelnb.oslimits import raise_open_files_limit  # noqa: E402 - standard library only
 
 # Nothing above imports more than the standard library: the parallel-ssh client runs this
 # file under another interpreter (--pssh-python) that may have neither tunnelnb nor its deps.

@@ -158,7 +158,6 @@ import os
 import pwd
 import random
 import re
-import resource
 import secrets
 import shlex
 import shutil
@@ -176,6 +175,7 @@ from urllib.parse import urlsplit
 from .agent import QUIRKS, Agent, DeviceAuthError
 from .api import PlatformAPI
 from .errors import PlatformError, TunnelnbError
+from .oslimits import raise_open_files_limit
 from .sshserver import ShellServer
 
 __all__ = [
@@ -832,18 +832,6 @@ def _free_uid(start: int) -> int:
         except KeyError:
             return uid
         uid += 1
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit of open files to the hard limit; the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
 
 
 def _safe_dirname(device_id: str, taken: set[str]) -> str:
