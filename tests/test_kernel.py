@@ -18,6 +18,8 @@ import pytest
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.kernel
+
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 SEED, DEVICES = 6, 6  # device-06 is offline with this seed
 

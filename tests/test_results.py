@@ -327,3 +327,17 @@ def test_html_shows_commands_when_they_differ_and_caps_rows() -> None:
 def test_html_of_nothing() -> None:
     parsed = cells(Results()._repr_html_())
     assert len(parsed.rows) == 1 and parsed.rows[0][0] == "device_id"
+
+
+def test_summary_skips_lines_every_group_printed_alike():
+    res = Results(
+        [
+            make("a", stdout="model=X1\nhost=a\n"),
+            make("b", stdout="model=X1\nhost=b\n"),
+            make("c", stdout="model=X1\nhost=b\n"),
+        ]
+    )
+    assert res.summary() == '2 devices printed "…host=b", 1 printed "…host=a"'
+    # Groups that differ on the first line are shown from it.
+    res = Results([make("a", stdout="5.10\nx\n"), make("b", stdout="6.1\nx\n")])
+    assert res.summary() == '1 device printed "5.10…", 1 printed "6.1…"'

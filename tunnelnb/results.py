@@ -79,6 +79,15 @@ def _first_line(text: str, limit: int = 60) -> str:
     return first + "…" if rest else first
 
 
+def _common_prefix_lines(outputs: list[list[str]]) -> int:
+    """How many leading lines all ``outputs`` share, leaving each at least one line of its own."""
+    n = 0
+    shortest = min(len(lines) for lines in outputs)
+    while n < shortest - 1 and all(lines[n] == outputs[0][n] for lines in outputs):
+        n += 1
+    return n
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -216,9 +225,19 @@ class Results:
         if not self._results:
             return "no results"
         parts = []
-        for i, row in enumerate(self.groups().itertuples(index=False)):
+        groups = self.groups()
+        # Lines every group printed alike (a header, a shared first line) tell nothing apart: skip them.
+        printed = [output.split("\n") for output in groups.output if output]
+        shared = _common_prefix_lines(printed) if len(printed) > 1 else 0
+        for i, row in enumerate(groups.itertuples(index=False)):
             count = _plural(row.count, "device") if i == 0 else str(row.count)
-            gist = f'printed "{_first_line(row.output)}"' if row.output else "printed nothing"
+            if not row.output:
+                gist = "printed nothing"
+            elif shared:
+                rest = "\n".join(row.output.split("\n")[shared:])
+                gist = f'printed "…{_first_line(rest)}"'
+            else:
+                gist = f'printed "{_first_line(row.output)}"'
             if row.status == ResultStatus.OK:
                 parts.append(f"{count} {gist}")
             elif row.output:
