@@ -187,3 +187,15 @@ def test_a_small_notebook_under_nbclient(tmp_path):
     html = nb.cells[2].outputs[-1]["data"]["text/html"]
     assert html.count("Linux") >= 3
     assert "closed the connection" in nb.cells[4].outputs[0]["text"]
+
+
+def test_shell_terminal_and_picker_in_the_kernel(kernel: Kernel):
+    reply = kernel.ok("term = %tunnel shell device-02\nterm")
+    assert reply.mime(WIDGET_MIME)
+    kernel.ok("import asyncio\nrow = await asyncio.wrap_future(term.submit('echo from-terminal'))")
+    assert kernel.value("row.status") == repr("ok")
+    assert "from-terminal" in kernel.value("term.screen.text")
+    kernel.ok("from tunnelnb.widgets import DevicePicker\npicker = DevicePicker(fleet)\npicker.select_all()")
+    kernel.ok("picker.children")  # it renders
+    reply = kernel.ok("%%tunnel $picker.value --no-stream -o picked\necho picked")
+    assert kernel.value("list(picked.df.device_id)") == repr([f"device-0{i}" for i in range(1, DEVICES + 1)])

@@ -27,7 +27,7 @@ import pandas as pd
 
 from .api import PlatformAPI
 from .client import CommandResult, DeviceOffline, DeviceSession, ResultStatus
-from .errors import AuthFailed, LoginError, PlatformError, TunnelnbError
+from .errors import AuthFailed, PlatformError, TunnelnbError
 from .results import Results
 from .targets import select_targets
 
@@ -370,7 +370,7 @@ class Fleet:
                     return row(ResultStatus.AUTH_FAILED, str(exc))
                 except DeviceOffline as exc:
                     return row(ResultStatus.OFFLINE, str(exc))
-                except LoginError as exc:
+                except TunnelnbError as exc:  # LoginError, or the session closed or dropped meanwhile
                     return row(ResultStatus.DISCONNECTED, str(exc))
             if login_only:
                 return CommandResult(

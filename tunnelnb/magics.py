@@ -79,6 +79,7 @@ class TunnelMagics(Magics):
         self.fleet: Fleet | None = None
         self._runner: LoopRunner | None = None
         self._where = ""
+        self._dashboard: Any = None  # the one live dashboard: a new %tunnel status replaces it
 
     # -- the magic ---------------------------------------------------------
 
@@ -213,7 +214,14 @@ class TunnelMagics(Magics):
             return fleet.status()
         from .widgets import FleetDashboard
 
-        return FleetDashboard(fleet, loop=self._loop())
+        self._close_dashboard()
+        self._dashboard = FleetDashboard(fleet, loop=self._loop())
+        return self._dashboard
+
+    def _close_dashboard(self) -> None:
+        if self._dashboard is not None:
+            self._dashboard.close()
+            self._dashboard = None
 
     def _history(self, rest: str) -> Any:
         args = self._parse(rest, _HISTORY)
@@ -328,6 +336,7 @@ class TunnelMagics(Magics):
         return isinstance(self._runner, KernelLoopRunner) and getattr(self.shell, "kernel", None) is not None
 
     def _close_all(self, *, quiet: bool = False) -> None:
+        self._close_dashboard()
         fleet, runner = self.fleet, self._runner
         self.fleet, self._runner = None, None
         if fleet is None or runner is None:

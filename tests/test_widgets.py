@@ -1,0 +1,478 @@
+"""Notebook widgets over a real Fleet: real agents, SSH servers and shells on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import Callable
+
+import pytest
+from IPython.utils.text import DollarFormatter
+
+from tunnelnb.agent import Agent
+from tunnelnb.ansi import PALETTE
+from tunnelnb.api import PlatformAPI
+from tunnelnb.fleet import Fleet
+from tunnelnb.results import _STATUS_COLOURS
+from tunnelnb.runner import ThreadLoopRunner
+from tunnelnb.sshserver import ShellServer
+from tunnelnb.targets import UnknownTargets
+from tunnelnb.widgets import ANY_TAG, DevicePicker, FleetDashboard, Targets, Terminal
+
+from .conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
+
+ALL = ("device-01", "device-02", "device-03", "device-04", "device-05", "device-06")
+
+
+async def _add_tagged(platform, devices: Devices, device_id: str, ssh_port: int, tags: dict[str, str]) -> None:
+    """Like Devices.add, with tags on the platform's record."""
+    secret = "secret-" + secrets.token_hex(4)
+    platform.add_device(device_id, secret, tags=tags)
+    agent = Agent(platform.base_url, device_id, secret, heartbeat=None, ssh_port=ssh_port)
+    await agent.start()
+    devices.agents.append(agent)
+    await agent.wait_online(10)
+
+
+@pytest.fixture
+async def fleet(api, platform, devices: Devices, ssh_server, tmp_path):
+    """Two tagged gateways, two plain devices, one with another password, one offline edge device."""
+    for device_id in ("device-01", "device-02"):
+        await _add_tagged(platform, devices, device_id, ssh_server.port, {"role": "gateway", "site": "lab"})
+    await devices.add("device-03", ssh_port=ssh_server.port)
+    await devices.add("device-04", ssh_port=ssh_server.port)
+    other = ShellServer(users={SSH_USER: "a-different-password"}, cwd=str(tmp_path))
+    await other.start()
+    await devices.add("device-05", ssh_port=other.port)
+    platform.add_device("device-06", "never-online", tags={"role": "edge"})
+    f = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
+    await f.refresh()
+    try:
+        yield f
+    finally:
+        await f.close("*")
+        await other.stop()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def done(future, timeout: float = 20.0):
+    assert future is not None
+    return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+
+def cells(dashboard_html: str, device_id: str) -> list[str]:
+    """The cells of a device's row in the dashboard."""
+    m = re.search(rf'<tr data-device="{re.escape(device_id)}">(.*?)</tr>', dashboard_html, re.S)
+    assert m, f"no row for {device_id}"
+    return re.findall(r"<td[^>]*>(.*?)</td>", m.group(1), re.S)
+
+
+def running_of(fleet: Fleet, device_id: str) -> object:
+    return fleet.status().set_index("device_id").loc[device_id, "running"]
+
+
+# -- FleetDashboard ----------------------------------------------------------------------------
+
+
+async def test_dashboard_shows_a_finished_run(fleet: Fleet):
+    dash = FleetDashboard(fleet, loop=asyncio.get_running_loop(), refresh_s=30)
+    try:
+        assert "6 devices · 5 online · 0 logged in · 0 running" in dash.html.value
+        assert cells(dash.html.value, "device-01") == ["device-01", "yes", "none", "no", "", "", "", ""]
+        assert cells(dash.html.value, "device-06")[:2] == ["device-06", "no"]
+
+        res = await fleet.run("echo hi", "device-01 device-05", timeout=10)
+        assert [r.status for r in res] == ["ok", "auth_failed"]
+        # The watcher re-renders by itself, within the coalescing delay.
+        await wait_until(lambda: "auth_failed" in dash.html.value, 5, "the dashboard to show the run")
+        page = dash.html.value
+        assert page == dash.render_html()
+        assert "6 devices · 5 online · 1 logged in · 0 running" in page
+
+        ok = cells(page, "device-01")
+        assert ok[:6] == ["device-01", "yes", "connected", "yes", "", "ok"]
+        assert ok[6] == "0"
+        assert re.fullmatch(r"\d+\.\d\d s", ok[7]) and float(ok[7][:-2]) == pytest.approx(res[0].duration_s, abs=0.01)
+        background, colour = _STATUS_COLOURS["ok"]
+        assert f'style="background:{background};color:{colour}">ok</td>' in page
+
+        failed = cells(page, "device-05")
+        assert failed[3:7] == ["no", "", "auth_failed", ""]
+        background, colour = _STATUS_COLOURS["auth_failed"]
+        assert f'style="background:{background};color:{colour}">auth_failed</td>' in page
+        assert cells(page, "device-02")[5] == ""  # never ran anything
+    finally:
+        dash.close()
+
+
+async def test_dashboard_shows_the_running_command_escaped(fleet: Fleet):
+    dash = FleetDashboard(fleet, loop=asyncio.get_running_loop(), refresh_s=30)
+    command = "sleep 1.5; echo '<b>done</b>'"
+    try:
+        task = asyncio.create_task(fleet.run(command, "device-02", timeout=10))
+        await wait_until(lambda: "1 running" in dash.html.value, 10, "the run to show")
+        row = cells(dash.html.value, "device-02")
+        assert row[4] == "<code>sleep 1.5; echo &#x27;&lt;b&gt;done&lt;/b&gt;&#x27;</code>"
+        assert "<b>" not in dash.html.value
+        res = await asyncio.wait_for(task, 15)
+        assert res["device-02"].stdout == "<b>done</b>\n"
+        await wait_until(lambda: "0 running" in dash.html.value, 5, "the run to end")
+        row = cells(dash.html.value, "device-02")
+        assert row[4] == "" and row[5] == "ok" and row[6] == "0"
+    finally:
+        dash.close()
+
+
+async def test_dashboard_shortens_long_commands(fleet: Fleet):
+    dash = FleetDashboard(fleet, loop=asyncio.get_running_loop(), refresh_s=30)
+    command = "sleep 1; echo " + "x" * 100 + "\necho second line"
+    try:
+        task = asyncio.create_task(fleet.run(command, "device-03", timeout=10))
+        await wait_until(lambda: isinstance(running_of(fleet, "device-03"), str), 10, "the run to start")
+        row = cells(dash.render_html(), "device-03")
+        assert row[4] == "<code>sleep 1; echo " + "x" * 25 + "…</code>"
+        await asyncio.wait_for(task, 15)
+    finally:
+        dash.close()
+
+
+async def test_dashboard_coalesces_bursts(fleet: Fleet, monkeypatch):
+    dash = FleetDashboard(fleet, loop=asyncio.get_running_loop(), refresh_s=30)
+    renders = 0
+    real = dash.render_html
+
+    def counting() -> str:
+        nonlocal renders
+        renders += 1
+        return real()
+
+    dash.render_html = counting
+    try:
+        for _ in range(200):
+            fleet._changed("device-01")  # what the fleet does on every state change
+        await asyncio.sleep(0.5)
+        assert renders == 1
+        fleet._changed(None)
+        await asyncio.sleep(0.5)
+        assert renders == 2
+    finally:
+        dash.close()
+
+
+async def test_dashboard_refreshes_periodically_and_close_stops_everything(fleet: Fleet):
+    watchers = len(fleet._watchers)
+    dash = FleetDashboard(fleet, loop=asyncio.get_running_loop(), refresh_s=0.1)
+    assert len(fleet._watchers) == watchers + 1
+    renders = 0
+    real = dash.render_html
+
+    def counting() -> str:
+        nonlocal renders
+        renders += 1
+        return real()
+
+    dash.render_html = counting
+    await asyncio.sleep(0.55)
+    assert renders >= 3  # every refresh_s, with nothing happening in the fleet
+
+    dash.close()
+    assert len(fleet._watchers) == watchers
+    frozen, count = dash.html.value, renders
+    await fleet.run("echo after close", "device-03", timeout=10)
+    await asyncio.sleep(0.5)
+    assert renders == count
+    assert dash.html.value == frozen
+    assert "device-03" in frozen and "ok" not in cells(frozen, "device-03")
+
+
+# -- Terminal ---------------------------------------------------------------------------------
+
+
+async def test_terminal_runs_a_command(fleet: Fleet):
+    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        term.input.value = "echo hi"
+        future = term.submit(term.input.value)
+        assert term.busy and term.input.value == ""
+        result = await done(future)
+        assert result.device_id == "device-01" and result.status == "ok" and result.stdout == "hi\n"
+        assert not term.busy
+        assert term.screen.text == "$ echo hi\nhi\n"
+        assert '<span style="font-weight:bold">$ echo hi</span>\nhi\n' in term.output.value
+        assert term.status_label.value.startswith("device-01: exit 0")
+        assert term.history == ["echo hi"]
+    finally:
+        term.close()
+
+
+async def test_terminal_keeps_colours_and_strips_escapes_from_the_text(fleet: Fleet):
+    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        result = await done(term.submit(r"printf '\033[32mgreen\033[0m\n'"))
+        assert result.status == "ok" and result.stdout == "green\n"  # the row's stdout is clean
+        assert f'<span style="color:{PALETTE[2]}">green</span>' in term.output.value
+        assert term.screen.text.endswith("\ngreen\n")
+        assert "\x1b" not in term.screen.text and "\x1b" not in term.output.value
+    finally:
+        term.close()
+
+
+async def test_terminal_escapes_device_output(fleet: Fleet):
+    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        await done(term.submit("echo '<script>alert(1)</script>'"))
+        assert "<script>" not in term.output.value
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in term.output.value
+    finally:
+        term.close()
+
+
+async def test_terminal_notes_a_failure(fleet: Fleet):
+    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        result = await done(term.submit("printf oops; (exit 3)"))
+        assert result.status == "error" and result.exit_code == 3
+        assert term.screen.text.endswith("\noops\n[exit 3]\n")  # the note starts on a line of its own
+        assert '<span style="opacity:0.6">[exit 3]</span>' in term.output.value
+        assert "exit 3" in term.status_label.value
+        result = await done(term.submit("echo fine"))
+        assert result.ok
+        assert term.screen.text.endswith("[exit 3]\n$ echo fine\nfine\n")
+    finally:
+        term.close()
+
+
+async def test_terminal_notes_a_timeout(fleet: Fleet):
+    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        await done(term.submit("true"))  # logged in first: the 1 s below are the command's alone
+        term.timeout = 1
+        result = await done(term.submit("echo started; sleep 20"))
+        assert result.status == "timeout"
+        assert re.search(r"\nstarted\n\[timeout: no end of output within 1 s", term.screen.text)
+        assert "timeout" in term.status_label.value
+    finally:
+        term.close()
+
+
+async def test_ctrl_c_ends_a_running_command_and_the_next_one_works(fleet: Fleet):
+    loop = asyncio.get_running_loop()
+    term = Terminal(fleet, "device-01", loop=loop, timeout=10)
+    try:
+        await done(term.submit("true"))  # logged in, so Ctrl-C below hits the running sleep
+        future = term.submit("sleep 30")
+        await wait_until(lambda: running_of(fleet, "device-01") == "sleep 30", 10, "sleep to start")
+        await asyncio.sleep(1.0)  # typed and running in the device's shell
+        started = loop.time()
+        term.interrupt()
+        result = await done(future, 10)
+        assert loop.time() - started < 5
+        assert result.status == "cancelled"
+        assert not term.busy
+        assert term.screen.text == "$ true\n$ sleep 30\n[cancelled: interrupted (Ctrl-C)]\n"
+        assert fleet.last_results is not None and fleet.last_results["device-01"].status == "cancelled"
+        # The shell is free again: a sleep still running would make this time out.
+        result = await done(term.submit("echo after"))
+        assert result.status == "ok" and result.stdout == "after\n"
+    finally:
+        term.close()
+
+
+async def test_ctrl_c_button_with_nothing_running_types_ctrl_c(fleet: Fleet):
+    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        await done(term.submit("echo warm"))
+        session = fleet.session("device-01")
+        assert session is not None
+        sent: list[str] = []
+        real = session.send_keys
+
+        async def spy(text: str) -> None:
+            sent.append(text)
+            await real(text)
+
+        session.send_keys = spy
+        term.interrupt_button.click()
+        await wait_until(lambda: "sent Ctrl-C" in term.status_label.value, 5, "Ctrl-C to be sent")
+        assert sent == ["\x03"]
+        result = await done(term.submit("echo still here"))
+        assert result.status == "ok" and result.stdout == "still here\n"
+    finally:
+        term.close()
+
+
+async def test_ctrl_c_without_a_session_says_so(fleet: Fleet):
+    term = Terminal(fleet, "device-04", loop=asyncio.get_running_loop())
+    try:
+        term.interrupt()
+        assert "no open session" in term.status_label.value
+    finally:
+        term.close()
+
+
+async def test_history_is_most_recent_first_without_duplicates(fleet: Fleet):
+    term = Terminal(fleet, "device-02", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        for line in ("echo one", "echo two", "echo one", "  echo three  "):
+            await done(term.submit(line))
+        assert term.history == ["echo three", "echo one", "echo two"]
+        assert term.input.options == ("echo three", "echo one", "echo two")
+        assert term.input.ensure_option is False
+        assert term.submit("   ") is None
+        assert term.history == ["echo three", "echo one", "echo two"]
+    finally:
+        term.close()
+
+
+async def test_a_second_command_while_one_runs_is_refused(fleet: Fleet):
+    term = Terminal(fleet, "device-02", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        future = term.submit("sleep 1; echo slow")
+        assert term.submit("echo fast") is None
+        assert "busy" in term.status_label.value and "sleep 1; echo slow" in term.status_label.value
+        result = await done(future)
+        assert result.stdout == "slow\n"
+        assert term.history == ["sleep 1; echo slow"]
+        assert "fast" not in term.screen.text
+        assert (await done(term.submit("echo fast"))).stdout == "fast\n"
+    finally:
+        term.close()
+
+
+async def test_enter_and_the_run_button_submit_and_clear_empties_the_screen(fleet: Fleet):
+    term = Terminal(fleet, "device-02", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        term.input.value = "echo by enter"
+        term.input._handle_string_msg(None, {"event": "submit"}, None)  # what the browser sends on Enter
+        assert term.busy and term.input.value == ""
+        await wait_until(lambda: not term.busy, 15, "the command")
+        assert "by enter\n" in term.screen.text
+
+        term.input.value = "echo by button"
+        term.run_button.click()
+        await wait_until(lambda: not term.busy, 15, "the command")
+        assert "by button\n" in term.screen.text
+        assert term.history == ["echo by button", "echo by enter"]
+
+        term.clear_button.click()
+        assert term.screen.text == ""
+        assert "by button" not in term.output.value
+    finally:
+        term.close()
+
+
+async def test_an_unknown_device_is_an_error_on_screen(fleet: Fleet):
+    term = Terminal(fleet, "device-99", loop=asyncio.get_running_loop(), timeout=10)
+    try:
+        future = term.submit("true")
+        with pytest.raises(UnknownTargets):
+            await done(future)
+        assert not term.busy
+        assert "[error: no device matches 'device-99'" in term.screen.text
+    finally:
+        term.close()
+
+
+async def test_widgets_on_a_loop_in_another_thread(platform, fleet: Fleet):
+    """The fleet's loop runs in a thread (terminal IPython, scripts): the same widgets work."""
+    runner = ThreadLoopRunner()
+
+    async def connect() -> Fleet:
+        api = PlatformAPI(platform.base_url, project_id=platform.project_id, api_token=API_TOKEN)
+        threaded = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
+        await threaded.refresh()
+        return threaded
+
+    threaded = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(connect(), runner.loop))
+    dash = FleetDashboard(threaded, loop=runner.loop, refresh_s=30)
+    term = Terminal(threaded, "device-03", loop=runner.loop, timeout=10)
+    try:
+        result = await done(term.submit(r"printf '\033[31mred\033[0m\n'"))
+        assert result.status == "ok" and result.stdout == "red\n"
+        assert f'<span style="color:{PALETTE[1]}">red</span>' in term.output.value
+        await wait_until(lambda: "data-device" in dash.html.value and "ok" in cells(dash.html.value, "device-03"))
+
+        future = term.submit("sleep 30")
+        await wait_until(lambda: "1 running" in dash.html.value, 10, "the dashboard to show sleep")
+        assert "<code>sleep 30</code>" in cells(dash.html.value, "device-03")[4]
+        await asyncio.sleep(1.0)
+        term.interrupt()
+        assert (await done(future, 10)).status == "cancelled"
+    finally:
+        dash.close()
+        term.close()
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(threaded.close(), runner.loop))
+        runner.close()
+
+
+# -- DevicePicker ------------------------------------------------------------------------------
+
+
+async def test_picker_filters_by_tag_and_status(fleet: Fleet):
+    picker = DevicePicker(fleet)
+    assert picker.tag_filter.options == (ANY_TAG, "role=edge", "role=gateway", "site=lab")
+    assert picker.status_filter.options == ("all", "online", "offline")
+    assert picker.selector.options == ALL
+    assert picker.value == ()
+
+    picker.tag_filter.value = "role=gateway"
+    assert picker.selector.options == ("device-01", "device-02")
+    picker.status_filter.value = "offline"
+    assert picker.selector.options == ()
+    picker.tag_filter.value = ANY_TAG
+    assert picker.selector.options == ("device-06",)
+    picker.status_filter.value = "online"
+    assert picker.selector.options == ALL[:5]
+    picker.tag_filter.value = "role=edge"
+    assert picker.selector.options == ()
+
+
+async def test_picker_value_is_space_joined_targets(fleet: Fleet):
+    picker = DevicePicker(fleet)
+    picker.tag_filter.value = "site=lab"
+    picker.all_button.click()
+    value = picker.value
+    assert isinstance(value, Targets) and isinstance(value, tuple)
+    assert value == ("device-01", "device-02")
+    assert str(value) == "device-01 device-02"
+    assert f"{value}" == "device-01 device-02"
+    assert repr(value) == "Targets('device-01', 'device-02')"
+    # What IPython does with `%%tunnel $picker.value`:
+    assert DollarFormatter().vformat("$picker.value", args=[], kwargs={"picker": picker}) == "device-01 device-02"
+    assert fleet.select(value) == ["device-01", "device-02"]
+    assert picker.count_label.value == "2 of 2 picked"
+
+    picker.none_button.click()
+    assert picker.value == () and str(picker.value) == ""
+
+
+async def test_picker_keeps_picked_devices_that_still_match(fleet: Fleet):
+    picker = DevicePicker(fleet)
+    picker.selector.value = ("device-01", "device-03", "device-06")
+    picker.status_filter.value = "online"
+    assert picker.value == ("device-01", "device-03")
+    picker.tag_filter.value = "role=gateway"
+    assert picker.value == ("device-01",)
+    picker.tag_filter.value = ANY_TAG
+    assert picker.value == ("device-01",)
+
+
+async def test_picker_refresh_sees_a_device_go_offline(fleet: Fleet, platform, devices: Devices):
+    picker = DevicePicker(fleet)
+    picker.status_filter.value = "offline"
+    assert picker.selector.options == ("device-06",)
+    agent = next(a for a in devices.agents if a.device_id == "device-04")
+    await agent.stop()
+    await wait_until(lambda: platform.devices["device-04"]["status"] == "OFFLINE", 10, "device-04 offline")
+    await fleet.refresh()
+    picker.refresh()
+    assert picker.selector.options == ("device-04", "device-06")
