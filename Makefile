@@ -1,12 +1,16 @@
 # Two commands do everything on a fresh machine with Python 3.11+:
 #   make test   — create .venv, install tunnelnb with its test extras, lint, run the whole suite
-#   make demo   — create .venv, install, run the demo on the embedded local platform
+#   make demo   — create .venv, install, start a local platform, a simulated fleet and JupyterLab
+#                 on the quickstart notebook
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench notebooks clean
+
+# The notebooks are tests too: nbval runs each one and compares its outputs with the saved ones.
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +23,15 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest $(NBVAL) tests notebooks $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: $(STAMP)
 	$(BIN)/tunnelnb demo
+
+# Re-run every notebook against the embedded fleet and save its outputs (after changing one).
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay.py

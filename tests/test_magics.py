@@ -102,7 +102,7 @@ def test_config_sets_the_default_timeout(ip):
         ("%%tunnel\necho x", "no targets"),
         ("%tunnel shell device-01", "needs a notebook"),
         ("%tunnel login device-01 --password-env TUNNELNB_NOT_SET_ANYWHERE", "TUNNELNB_NOT_SET_ANYWHERE is not set"),
-        ("%tunnel connect", "needs a platform URL or --embedded"),
+        ("%tunnel connect http://127.0.0.1:9 --embedded", "not both"),
         ("%tunnel history --bogus", "unrecognized arguments"),
     ],
 )

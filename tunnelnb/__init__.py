@@ -7,12 +7,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "connect", "connect_sync", "load_ipython_extension", "unload_ipython_extension"]
+
+# A library logs; the application decides where that goes.  Without this, Python's
+# last-resort handler would print the embedded fleet's warnings into notebook cells.
+logging.getLogger("tunnelnb").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -32,8 +37,9 @@ async def connect(
 
     ``embedded=True`` starts a local platform and a simulated fleet of ``devices``
     devices (seeded by ``seed``) in this process; the fleet then knows their login.
-    ``project_id`` and ``api_token`` default to ``$TUNNELNB_PROJECT_ID`` and
-    ``$TUNNELNB_API_TOKEN``.
+    ``url``, ``project_id`` and ``api_token`` default to ``$TUNNELNB_URL``,
+    ``$TUNNELNB_PROJECT_ID`` and ``$TUNNELNB_API_TOKEN``; the devices' default
+    login to ``$TUNNELNB_LOGIN_USER`` / ``$TUNNELNB_LOGIN_PASSWORD`` when set.
     """
     from .api import PlatformAPI
     from .errors import TunnelnbError
@@ -65,6 +71,11 @@ async def connect(
     api_token = api_token or os.environ.get("TUNNELNB_API_TOKEN")
     if not api_token:
         raise TunnelnbError("no API token: pass api_token=... or set $TUNNELNB_API_TOKEN")
+    if "login" not in fleet_options and os.environ.get("TUNNELNB_LOGIN_PASSWORD"):
+        import getpass
+
+        user = os.environ.get("TUNNELNB_LOGIN_USER") or getpass.getuser()
+        fleet_options["login"] = (user, os.environ["TUNNELNB_LOGIN_PASSWORD"])
     fleet = Fleet(PlatformAPI(url, project_id=project_id, api_token=api_token), **fleet_options)
     await fleet.refresh()
     return fleet

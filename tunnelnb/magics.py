@@ -40,6 +40,7 @@ Line magic::
 
   %tunnel connect --embedded [--devices N] [--seed S]   local platform + simulated fleet in this kernel
   %tunnel connect URL [--project-id P] [--api-token-env VAR]
+  %tunnel connect                         $TUNNELNB_URL when set, else --embedded
   %tunnel devices [--refresh]             the inventory table
   %tunnel login TARGETS [--user U] [--password-env VAR]   (prompts when no variable is given)
   %tunnel TARGETS [--timeout S] -- COMMAND    one command on the targets
@@ -136,8 +137,12 @@ class TunnelMagics(Magics):
         args = self._parse(rest, _CONNECT)
         import tunnelnb
 
-        if args.embedded == bool(args.url):
-            raise UsageError("connect needs a platform URL or --embedded (not both)")
+        if args.embedded and args.url:
+            raise UsageError("connect takes a platform URL or --embedded, not both")
+        if not args.embedded and not args.url:
+            # The notebook default: the platform in $TUNNELNB_URL (Binder, a real one), else an embedded one.
+            args.url = os.environ.get("TUNNELNB_URL") or None
+            args.embedded = args.url is None
         self._close_all(quiet=True)
         runner = runner_for_this_thread()
         try:
@@ -397,7 +402,9 @@ def _parser(prog: str, description: str) -> MagicArgumentParser:
 
 
 _CONNECT = _parser("connect", "Connect to a platform, or start an embedded one with a simulated fleet.")
-_CONNECT.add_argument("url", nargs="?", help="the platform's base URL, e.g. http://127.0.0.1:8765")
+_CONNECT.add_argument(
+    "url", nargs="?", help="the platform's base URL (default: $TUNNELNB_URL, else --embedded)"
+)
 _CONNECT.add_argument("--embedded", action="store_true", help="local platform + simulated fleet in this process")
 _CONNECT.add_argument("--devices", type=int, help="simulated devices (default: TunnelMagics.devices)")
 _CONNECT.add_argument("--seed", type=int, help="simulated fleet seed (default: TunnelMagics.seed)")
