@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check tunnelnb tests bench
+	$(BIN)/ruff check tunnelnb tests bench notebooks
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: lint

@@ -63,6 +63,29 @@ def test_expansion_from_the_namespace_like_bang_lines(ip):
     assert res.df.stdout[0] == "{threshold}\n"
 
 
+def test_expansion_keeps_every_line_of_a_multi_line_cell(ip):
+    ip.user_ns["threshold"] = 42
+    res = run(ip, "%%tunnel device-01\necho a\necho $threshold {threshold + 1}\necho $$PWD | cut -c1\necho b").result
+    assert res.df.stdout[0] == "a\n42 43\n/\nb\n"
+
+
+def test_targets_from_a_python_list(ip):
+    ip.user_ns["ids"] = ["device-01", "device-03"]
+    res = run(ip, "%%tunnel $ids --no-stream\nhostname").result
+    assert list(res.df.device_id) == ["device-01", "device-03"]
+    assert list(res.df.stdout) == ["device-01\n", "device-03\n"]
+    ip.user_ns["one"] = ("device-04",)
+    assert list(run(ip, "%tunnel $one -- true").result.df.device_id) == ["device-04"]
+
+
+def test_parse_regex_with_a_quoted_pattern_and_failed_devices(ip):
+    table = run(ip, "%%tunnel device-0[1-2] --parse regex --pattern '(?P<n>\\d+) apples'\necho 5 apples").result
+    assert list(table.n) == [5, 5]
+    table = run(ip, "%%tunnel device-01 --parse kv --include-failed\necho a=1; (exit 2)").result
+    assert list(table.a) == [1]
+    assert run(ip, "%%tunnel device-01 --parse kv\necho a=1; (exit 2)").result.empty
+
+
 def test_parse_returns_the_long_table(ip):
     result = run(ip, "%%tunnel device-0[1-3] --parse kv -o raw\necho temp=40\necho model: X1")
     table = result.result

@@ -8,7 +8,6 @@ about devices.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, TextIO
 
 from .client import CommandResult
@@ -129,41 +128,49 @@ class TextProgress(_Counts):
 class WidgetProgress(_Counts):
     """An ipywidgets progress bar (done / total, with ok and failed counts) for notebooks.
 
-    It is displayed, in the cell that started the run, only once the run has lasted
-    ``after_s`` seconds, so quick runs stay uncluttered; its traits are updated
-    from the fleet's callbacks, so it stays in that cell.
+    Quick runs show nothing: the bar is made and displayed, in the cell that
+    started the run, only once the run has lasted ``after_s`` seconds (a loop
+    timer calls :meth:`show`).  When the run ends the bar is removed from the
+    output and its widgets are closed, since the results table says the same:
+    the saved notebook keeps no widget state and no timing-dependent output.
     """
 
-    def __init__(self, total: int, *, after_s: float = 2.0, display: Any = None) -> None:
-        import ipywidgets as widgets
-
+    def __init__(self, total: int, *, after_s: float = 2.0) -> None:
         super().__init__(total)
         self.after_s = after_s
-        self._display = display
-        self._started = time.monotonic()
-        self.bar = widgets.IntProgress(value=0, min=0, max=max(total, 1), bar_style="info")
-        self.label = widgets.HTML(self.line())
-        self.box = widgets.HBox([self.bar, self.label])
-        self.shown = False
+        self.bar: Any = None
+        self.label: Any = None
+        self._handle: Any = None
+
+    @property
+    def shown(self) -> bool:
+        return self._handle is not None
 
     def update(self, row: CommandResult) -> None:
         super().update(row)
-        self.bar.value = self.done
-        self.label.value = self.line()
-        if self.failed:
-            self.bar.bar_style = "warning"
+        if self.bar is not None:
+            self.bar.value = self.done
+            self.label.value = self.line()
+            if self.failed:
+                self.bar.bar_style = "warning"
 
     def show(self) -> None:
-        """Display the bar now (a loop timer calls this ``after_s`` into the run)."""
+        """Display the bar now, unless the run is already over."""
         if self.shown or self.done >= self.total:
             return
-        self.shown = True
-        show = self._display
-        if show is None:
-            from IPython.display import display as show
-        show(self.box)
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        self.bar = widgets.IntProgress(value=self.done, min=0, max=max(self.total, 1), bar_style="info")
+        self.label = widgets.HTML(self.line())
+        self._box = widgets.HBox([self.bar, self.label])
+        self._handle = display(self._box, display_id=True)
 
     def close(self) -> None:
-        self.bar.value = self.done
-        self.label.value = f"{self.line()} in {time.monotonic() - self._started:.1f} s"
-        self.bar.bar_style = "success" if not self.failed and self.done == self.total else "warning"
+        if self._handle is None:
+            return
+        self._handle.update({}, raw=True)  # the output stays, empty: nothing to save or compare
+        self._box.close()
+        self.bar.close()
+        self.label.close()
+        self._handle = self.bar = self.label = None

@@ -18,7 +18,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.utils.text import DollarFormatter
 from traitlets import Bool, Float, Int
 from traitlets.config import Configurable
@@ -90,6 +90,7 @@ class TunnelMagics(Magics):
     @argument("--concurrency", type=int, help="devices at once (default: TunnelMagics.concurrency)")
     @argument("--parse", metavar="FMT", help="parse the outputs: kv, json, csv, table or regex")
     @argument("--pattern", help="the regex for --parse regex (named groups become columns)")
+    @argument("--include-failed", action="store_true", help="--parse also the output of devices that failed")
     @argument("-o", "--out", metavar="VAR", help="store the Results object in this variable")
     @argument("--no-stream", action="store_true", help="do not show device output live")
     @argument("--raw", action="store_true", help="do not expand {expr} and $var in the cell")
@@ -125,7 +126,7 @@ class TunnelMagics(Magics):
         return getattr(self, f"_{sub}")(rest)
 
     def _cell(self, line: str, cell: str) -> Any:
-        args = parse_argstring(self.tunnel, line)
+        args = self._parse(line, self.tunnel.parser)
         if not cell.strip():
             raise UsageError("the cell is empty: write the shell script to run below %%tunnel TARGETS")
         script = cell if args.raw else _expand(cell, self.shell.user_ns)
@@ -143,6 +144,8 @@ class TunnelMagics(Magics):
             # The notebook default: the platform in $TUNNELNB_URL (Binder, a real one), else an embedded one.
             args.url = os.environ.get("TUNNELNB_URL") or None
             args.embedded = args.url is None
+            if args.url and (args.devices is not None or args.seed is not None):
+                print("note: --devices and --seed are for an embedded fleet; connecting to $TUNNELNB_URL instead")
         self._close_all(quiet=True)
         runner = runner_for_this_thread()
         try:
@@ -255,7 +258,7 @@ class TunnelMagics(Magics):
         fleet = self._need_fleet()
         if not args.targets:
             raise UsageError("no targets: %%tunnel device-01 device-02 (ids, globs, ranges or @tags)")
-        ids = fleet.select(" ".join(args.targets))
+        ids = fleet.select(_targets(args.targets))
         if not ids:
             raise UsageError(f"no device matches {' '.join(args.targets)!r}: %tunnel devices lists them")
         timeout = self.timeout if args.timeout is None else args.timeout
@@ -318,7 +321,9 @@ class TunnelMagics(Magics):
             display(results)
             raise KeyboardInterrupt
         if args.parse:
-            options = {"pattern": args.pattern} if args.pattern else {}
+            options: dict[str, Any] = {"pattern": args.pattern} if args.pattern else {}
+            if args.include_failed:
+                options["include_failed"] = True
             return results.parse(args.parse, **options)
         return results
 
@@ -365,18 +370,36 @@ class TunnelMagics(Magics):
             raise _HelpShown from None
 
 
+def _targets(words: list[str]) -> list[str]:
+    """The target words of a magic line; a Python list or tuple expanded into it (``$ids``) counts too.
+
+    IPython expands ``$ids`` to ``['device-01', 'device-02']``, which the line's
+    shell-style splitting turns into ``[device-01,`` ``device-02]``.  Bracket
+    ranges (``device-0[1-4]``) never start with a bracket, so they are safe.
+    """
+    text = " ".join(words).strip()
+    if len(text) >= 2 and text[0] in "[(" and text[-1] in "])":
+        return [w for w in text[1:-1].replace(",", " ").split() if w]
+    return words
+
+
 class _HelpShown(Exception):
     """A subcommand's ``-h``: its help is printed, and there is nothing else to do."""
 
 
 def _expand(script: str, namespace: dict[str, Any]) -> str:
-    """``{expr}`` and ``$var`` from the notebook, exactly as IPython expands ``!`` lines.
+    """``{expr}`` and ``$var`` from the notebook, as IPython expands ``!`` lines.
 
     As there, it is all or nothing: when one name is unknown (``$HOME`` is the
-    shell's), the script is left exactly as written.
+    shell's), the script is left exactly as written.  IPython's formatter is
+    made for single lines (it drops the lines before a ``$name``), so each line
+    is expanded on its own.
     """
+    formatter = DollarFormatter()
     try:
-        return DollarFormatter().vformat(script, args=[], kwargs=namespace)
+        return "".join(
+            formatter.vformat(line, args=[], kwargs=namespace) for line in script.splitlines(keepends=True)
+        )
     except Exception:
         return script
 
@@ -438,6 +461,7 @@ _RUN_OPTIONS.add_argument("--timeout", type=float)
 _RUN_OPTIONS.add_argument("--concurrency", type=int)
 _RUN_OPTIONS.add_argument("--parse", metavar="FMT")
 _RUN_OPTIONS.add_argument("--pattern")
+_RUN_OPTIONS.add_argument("--include-failed", action="store_true")
 _RUN_OPTIONS.add_argument("-o", "--out", metavar="VAR")
 _RUN_OPTIONS.add_argument("--no-stream", action="store_true")
 
