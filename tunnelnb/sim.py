@@ -28,7 +28,7 @@ what a notebook runs                           what it finds (profile field)
 ``df -h /data``                                a filesystem of ``disk_size_mb`` MiB, ``disk_used_pct`` % used
 ``uptime``, ``cat /proc/uptime``               ``uptime_s`` (plus the time since the fleet started), load ``load_avg``
 ``cat /sys/class/thermal/thermal_zone0/temp``  ``temperature_c`` in millidegrees, as Linux reports it
-``ls -R /data``                                the device's data: a config backup, a telemetry database, and recordings
+``find /data -type f``                          the device's data: a config backup, a telemetry database, and recordings
                                                or cache files that take up the used space
 =============================================  ========================================================================
 
@@ -85,7 +85,8 @@ fleet's user) to look around as the device.
 * ``/usr`` (and ``/bin``, ``/lib``… as the host has them): the host's, read-only;
 * ``/etc``: an overlay of the device's ``etc`` (``device.conf``, ``hostname``) and the
   fleet's (``passwd``, ``group`` with the login user) over the host's ``/etc``, read-only;
-* ``/var``, ``/home``, ``/tmp``: the device's own directories, writable and persistent;
+* ``/var``, ``/home``, ``/tmp``: the device's own directories, persistent; ``/home`` and
+  ``/tmp`` are writable by the login user, ``/var/log`` (like a real device's) only by root;
 * ``/proc``: the host's, with ``/proc/uptime`` and ``/proc/loadavg`` replaced by the
   profile's (files on a small tmpfs at ``/run``);
 * ``/sys``: the host's, read-only, with a tmpfs holding ``class/thermal/thermal_zone0``;
