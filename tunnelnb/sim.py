@@ -28,7 +28,7 @@ what a notebook runs                           what it finds (profile field)
 ``df -h /data``                                a filesystem of ``disk_size_mb`` MiB, ``disk_used_pct`` % used
 ``uptime``, ``cat /proc/uptime``               ``uptime_s`` (plus the time since the fleet started), load ``load_avg``
 ``cat /sys/class/thermal/thermal_zone0/temp``  ``temperature_c`` in millidegrees, as Linux reports it
-``find /data -type f``                          the device's data: a config backup, a telemetry database, and recordings
+``find /data -type f``                         the device's data: a config backup, a telemetry database, and recordings
                                                or cache files that take up the used space
 =============================================  ========================================================================
 
