@@ -322,7 +322,7 @@ def test_no_subcommand_is_a_usage_error() -> None:
 
 
 def test_demo_runs_commands_through_a_tunnel() -> None:
-    proc = run([PYTHON, "-m", "tunnelnb", "demo"], clean_env(), timeout=30)
+    proc = run([PYTHON, "-m", "tunnelnb", "demo", "--text"], clean_env(), timeout=30)
     assert proc.returncode == 0, proc
     lines = proc.stdout.splitlines()
     assert "$ uname -a" in lines, proc.stdout

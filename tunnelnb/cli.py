@@ -133,7 +133,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
     _add_log_level(p, default="warning")
 
-    sub.add_parser("demo", help="start a platform and a device in-process and run a few commands")
+    p = sub.add_parser(
+        "demo",
+        help="a local platform, a simulated fleet and JupyterLab on the quickstart notebook (make demo)",
+        description="Starts tunnelnb platform and tunnelnb sim on loopback with a fresh API token and login "
+        "password (never printed), then JupyterLab on notebooks/01-quickstart.ipynb with $TUNNELNB_URL and the "
+        "credentials in its environment, and prints the notebook's URL. Ctrl-C stops everything. "
+        "--text runs the older demo instead: a platform, a device and a few commands in this process.",
+    )
+    p.add_argument("--text", action="store_true", help="no JupyterLab: run a few commands through a tunnel, in text")
+    p.add_argument("--port", type=int, default=8888, help="JupyterLab's port (default 8888; 0 picks a free one)")
+    p.add_argument("--devices", type=int, default=8, metavar="N", help="simulated devices (default 8)")
+    p.add_argument("--seed", type=int, default=1, help="simulated fleet seed (default 1, the quickstart's)")
+    p.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="do not open a browser (the default without $DISPLAY or $WAYLAND_DISPLAY); open the printed URL",
+    )
     return parser
 
 
@@ -182,9 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "agent":
             return _agent(args)
         if args.command == "demo":
-            from .demo import main as demo_main
+            from . import demo
 
-            return demo_main()
+            if args.text:
+                return demo.text_demo()
+            return demo.lab_demo(
+                port=args.port, devices=args.devices, seed=args.seed, open_browser=False if args.no_browser else None
+            )
     except KeyboardInterrupt:
         return 130
     except TunnelnbError as exc:
