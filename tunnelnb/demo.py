@@ -238,17 +238,20 @@ def project_root() -> Path:
 
 
 def demo_workspace(root: Path) -> Path:
-    """``.demo/`` in the checkout: the notebooks JupyterLab serves, copied from ``notebooks/`` when missing.
+    """``.demo/`` in the checkout: the notebooks JupyterLab serves, copies of ``notebooks/``.
 
     JupyterLab autosaves what it opens; the tested notebooks in ``notebooks/`` must
-    not pick up the demo's outputs, so the demo works on copies.  Edits survive
-    between demos; delete ``.demo/`` to start afresh.
+    not pick up the demo's outputs, so the demo works on copies.  A copy is made
+    when missing or when its original is newer (an update); edits survive otherwise.
+    Delete ``.demo/`` to start afresh.
     """
     workspace = root / ".demo"
     source = root / "notebooks"
     for path in source.rglob("*"):
         target = workspace / "notebooks" / path.relative_to(source)
-        if path.is_file() and ".ipynb_checkpoints" not in path.parts and not target.exists():
+        if not path.is_file() or ".ipynb_checkpoints" in path.parts:
+            continue
+        if not target.exists() or path.stat().st_mtime > target.stat().st_mtime:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
     return workspace
