@@ -471,3 +471,49 @@ async def test_bad_arguments(tmp_path: Path) -> None:
     assert sorted(p.name for p in root.iterdir()) == ["mine.txt"]
     with pytest.raises(ValueError, match="white space"):
         await SimulatedFleet("http://127.0.0.1:1", api_token="t", devices=1, root=tmp_path / "a b").start()
+
+
+_EXIT_WITHOUT_STOP = """
+import asyncio, sys, tunnelnb
+
+async def main():
+    fleet = await tunnelnb.connect(embedded=True, devices=2, seed=3)
+    res = await fleet.run("df -P /data | tail -1", "*", timeout=30)
+    sim = fleet.embedded[1]
+    print(sim.root, flush=True)
+    assert {r.status for r in res} == {"ok"}, res.df
+    # No fleet.close(): the process just ends, as a notebook kernel does when it is shut down.
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_that_exits_without_stop_still_cleans_up_and_stale_roots_are_swept(tmp_path: Path):
+    import sys
+
+    from tunnelnb.sim import _attached_loops
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    first = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITHOUT_STOP], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 0, first.stderr
+    root = Path(first.stdout.strip().splitlines()[-1])
+    assert root.parent == tmp_path
+    assert not root.exists()
+    assert list(_attached_loops(root)) == []
+    # A root whose owner died without any clean-up (SIGKILL) is removed by the next fleet.
+    stale = tmp_path / "tunnelnb-sim-stale"
+    (stale / ".fleet").mkdir(parents=True)
+    probe = subprocess.Popen(["true"])
+    probe.wait()
+    (stale / ".fleet" / "owner.pid").write_text(str(probe.pid))
+    alive = tmp_path / "tunnelnb-sim-alive"
+    (alive / ".fleet").mkdir(parents=True)
+    (alive / ".fleet" / "owner.pid").write_text(str(os.getpid()))
+    second = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITHOUT_STOP], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0, second.stderr
+    assert not stale.exists()
+    assert alive.exists()  # its owner (this test) is alive

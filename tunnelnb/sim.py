@@ -147,6 +147,7 @@ The ``local`` backend is the lighter one (no SSH handshake per login) and still 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import errno
@@ -1213,6 +1214,7 @@ class SimulatedFleet:
                 raise ValueError(f"the fleet's root {root} must not contain ':', ',', '\\' or white space")
 
         if self._root_arg is None:
+            _sweep_stale_roots(Path(tempfile.gettempdir()))
             root, made = Path(tempfile.mkdtemp(prefix="tunnelnb-sim-")), True
             try:
                 check(root)
@@ -1232,6 +1234,9 @@ class SimulatedFleet:
         fleet = self._fleet_dir = self.root / ".fleet"
         fleet.mkdir()
         self._made.append(fleet)
+        (fleet / _OWNER_FILE).write_text(str(os.getpid()))
+        # A process that ends without stop() (a notebook kernel shut down, sys.exit) still cleans up.
+        atexit.register(self._remove_files_at_exit)
         (fleet / "launch.py").write_text(_LAUNCHER)
         # Each device's ``launch`` is a symbolic link to this script, which finds the device by its own name.
         (fleet / "launch").write_text(
@@ -1335,8 +1340,13 @@ class SimulatedFleet:
         tmp.write_text(json.dumps(config))
         tmp.replace(self.root / ".fleet" / "fleet.json")
 
+    def _remove_files_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self._remove_files()
+
     def _remove_files(self) -> None:
         assert self.root is not None
+        atexit.unregister(self._remove_files_at_exit)
         _detach_loops(self.root)
         if self._made_root:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -1536,6 +1546,31 @@ def _attached_loops(root: Path) -> Iterator[str]:
                 continue
             if backing.startswith(prefix):
                 yield f"/dev/{name}"
+
+
+_OWNER_FILE = "owner.pid"
+
+
+def _sweep_stale_roots(tmp: Path) -> None:
+    """Remove the roots that fleets of dead processes left in ``tmp`` (killed before any clean-up).
+
+    A root names its owner in ``.fleet/owner.pid``; while that process lives, the root is its own.
+    """
+    for root in tmp.glob("tunnelnb-sim-*"):
+        try:
+            pid = int((root / ".fleet" / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge: no owner recorded
+        try:
+            os.kill(pid, 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        log.info("removing %s, left by process %d", root, pid)
+        _detach_loops(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _detach_loops(root: Path) -> None:
