@@ -4,7 +4,9 @@ One aiohttp application serves three things:
 
 * the IoTDA REST calls tunnelnb uses (AddDevice, ListDevices, ShowDevice, AddTunnel,
   ListDeviceTunnels, ShowDeviceTunnel, CloseDeviceTunnel, DeleteDeviceTunnel), with
-  IoTDA's paths, JSON shapes, error bodies and constraints (DESIGN §1);
+  IoTDA's paths, JSON shapes, error bodies and constraints (DESIGN §1), authenticated
+  by ``X-Auth-Token`` or by an AK/SK signature as Huawei Cloud's SDKs make them
+  (:mod:`tunnelnb.signing`), so the official SDK runs against it unmodified;
 * the Secure Tunnel WebSockets: the application's ``source-connect`` and the device's
   ``device-connect`` side of each tunnel, relayed frame by frame;
 * device links (:mod:`tunnelnb.devicelink`): the WebSocket through which a device is
@@ -38,6 +40,7 @@ from typing import Any
 
 from aiohttp import WebSocketError, WSMsgType, web
 
+from . import signing
 from .devicelink import LINK_PATH, PASSWORD_HEADER, TIMESTAMP_HEADER, device_password, event_time, tunnel_notify
 from .errors import PlatformError
 from .protocol import (
@@ -56,6 +59,8 @@ __all__ = ["CloseCode", "ErrorCode", "Platform", "Side", "serve"]
 logger = logging.getLogger(__name__)
 
 AUTH_HEADER = "X-Auth-Token"
+PROJECT_HEADER = "X-Project-Id"  # the SDK's BasicCredentials sign it into every request
+_ACCESS_KEY = "access key"
 TUNNEL_TOKEN_HEADER = "tunnel_access_token"
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -63,12 +68,15 @@ REQUEST_ID_HEADER = "X-Request-Id"
 class ErrorCode:
     """``error_code`` values of REST error bodies, in one place.
 
-    Codes marked *IoTDA* are the real platform's; the others follow its numbering
-    (0140xx devices, 0197xx tunnels).  Errors without a specific meaning (unknown
-    path, wrong method, internal error) use ``IOTDA.000<HTTP status>``.
+    Codes marked *IoTDA* are the real platform's, *API Gateway* those of the gateway in
+    front of it (Huawei Cloud's "API Request Signing Guide", error codes); the others
+    follow IoTDA's numbering (0140xx devices, 0197xx tunnels).  Errors without a
+    specific meaning (unknown path, wrong method, internal error) use
+    ``IOTDA.000<HTTP status>``.
     """
 
     UNAUTHORIZED = "IOTDA.000002"  # IoTDA, 401: missing or wrong credentials
+    IAM_AUTH = "APIGW.0301"  # API Gateway, 401: "Incorrect IAM authentication information: ..." (AK/SK)
     FORBIDDEN = "IOTDA.000004"  # IoTDA, 403: the token is valid, but not for this project
     INVALID_INPUT = "IOTDA.000006"  # IoTDA, 400: a parameter is missing or has a wrong value
     BAD_REQUEST_BODY = "IOTDA.000008"  # IoTDA, 400: the body is not JSON or not an object
@@ -253,6 +261,9 @@ class Platform:
     """The local IoTDA-compatible platform, in memory.
 
     ``api_token`` is the default project's ``X-Auth-Token`` (random when omitted);
+    ``ak`` and ``sk``, an access key pair for the default project: REST calls signed
+    with it as Huawei Cloud's SDKs sign them (:mod:`tunnelnb.signing`) are accepted too,
+    when their ``X-Sdk-Date`` is within ``signature_clock_skew`` seconds of the clock;
     ``token_ttl`` is how long a tunnel's access tokens stay valid, counted from the
     tunnel's creation; ``heartbeat`` is the WebSocket ping interval (None disables it);
     ``link_clock_skew`` is how far a device's ``X-Device-Timestamp`` may stray from
@@ -272,6 +283,9 @@ class Platform:
         token_ttl: int = 86400,
         heartbeat: float | None = 20.0,
         link_clock_skew: int = 2 * 3600,
+        ak: str | None = None,
+        sk: str | None = None,
+        signature_clock_skew: int = signing.DEFAULT_MAX_SKEW,
     ) -> None:
         if max_message_bytes < 64:
             raise ValueError(f"max_message_bytes={max_message_bytes} is too small to carry a frame")
@@ -279,6 +293,10 @@ class Platform:
             raise ValueError("max_tunnels must be at least 1")
         if token_ttl < 1:
             raise ValueError("token_ttl must be at least 1 second")
+        if (ak is None) != (sk is None):
+            raise ValueError("ak and sk go together: give both or neither")
+        if signature_clock_skew < 0:
+            raise ValueError("signature_clock_skew must not be negative")
         self.project_id = project_id
         self.api_token = api_token if api_token is not None else secrets.token_urlsafe(24)
         self.host = host
@@ -288,9 +306,11 @@ class Platform:
         self.token_ttl = token_ttl
         self.heartbeat = heartbeat
         self.link_clock_skew = link_clock_skew
+        self.signature_clock_skew = signature_clock_skew
         self.clock: Callable[[], float] = time.time
         self.base_url = ""
         self._projects: dict[str, str] = {}  # project id -> api token
+        self._access_keys: dict[str, tuple[str, str]] = {}  # access key -> (secret key, project id)
         self._devices: dict[str, _Device] = {}
         self._tunnels: dict[str, _Tunnel] = {}
         self._sockets: set[web.WebSocketResponse] = set()
@@ -299,6 +319,8 @@ class Platform:
         self._runner: web.AppRunner | None = None
         self._closing = False
         self.add_project(project_id, self.api_token)
+        if ak is not None and sk is not None:
+            self.add_access_key(ak, sk)
 
     def __repr__(self) -> str:
         return f"Platform(base_url={self.base_url!r}, project_id={self.project_id!r})"
@@ -316,6 +338,19 @@ class Platform:
         if any(_same_secret(api_token, token) for token in self._projects.values()):
             raise ValueError("api_token is already used by another project; each project needs its own")
         self._projects[project_id] = api_token
+
+    def add_access_key(self, ak: str, sk: str, *, project_id: str | None = None) -> None:
+        """Accept REST calls signed with the key pair ``ak``/``sk`` for ``project_id`` (the default project)."""
+        project = project_id if project_id is not None else self.project_id
+        if project not in self._projects:
+            raise ValueError(f"project {project} does not exist")
+        if not ak or not sk:
+            raise ValueError("ak and sk must not be empty")
+        if any(c.isspace() or c in ",/=" for c in ak):
+            raise ValueError("ak must not contain spaces or the characters , / =")
+        if ak in self._access_keys:
+            raise ValueError("this access key is already registered")
+        self._access_keys[ak] = (sk, project)
 
     def add_device(
         self,
@@ -465,22 +500,67 @@ class Platform:
         if REQUEST_ID_HEADER not in response.headers:
             response.headers[REQUEST_ID_HEADER] = uuid.uuid4().hex
 
-    def _authorize(self, request: web.Request) -> str:
-        """The project of the request's path, once ``X-Auth-Token`` proves access to it."""
+    async def _authorize(self, request: web.Request) -> str:
+        """The project of the request's path, once ``X-Auth-Token`` or an AK/SK signature proves access to it."""
         project_id = request.match_info["project_id"]
-        token = request.headers.get(AUTH_HEADER, "").strip()
-        owner = None
-        if token:
-            owner = next((p for p, t in self._projects.items() if _same_secret(token, t)), None)
-        if owner is None:
-            raise PlatformError(401, ErrorCode.UNAUTHORIZED, f"The {AUTH_HEADER} header is missing or not valid.")
+        owner, credential = await self._authenticate(request)
         if project_id not in self._projects:
             raise PlatformError(404, ErrorCode.PROJECT_NOT_FOUND, f"Project {project_id} does not exist.")
         if owner != project_id:
             raise PlatformError(
-                403, ErrorCode.FORBIDDEN, f"The {AUTH_HEADER} does not grant access to project {project_id}."
+                403, ErrorCode.FORBIDDEN, f"The {credential} does not grant access to project {project_id}."
+            )
+        header_project = request.headers.get(PROJECT_HEADER, "").strip()
+        if credential == _ACCESS_KEY and header_project and header_project != project_id:
+            raise PlatformError(
+                403,
+                ErrorCode.FORBIDDEN,
+                f"The {PROJECT_HEADER} header ({header_project}) does not match project {project_id} of the path.",
             )
         return project_id
+
+    async def _authenticate(self, request: web.Request) -> tuple[str, str]:
+        """``(project, credential)`` of the request: an ``X-Auth-Token``, else an AK/SK signature.
+
+        A token, when present, decides alone.  A signed request's failures are
+        API Gateway's ``APIGW.0301`` errors, with its wording.
+        """
+        token = request.headers.get(AUTH_HEADER, "").strip()
+        if token or signing.AUTHORIZATION_HEADER not in request.headers:
+            owner = None
+            if token:
+                owner = next((p for p, t in self._projects.items() if _same_secret(token, t)), None)
+            if owner is None:
+                raise PlatformError(
+                    401,
+                    ErrorCode.UNAUTHORIZED,
+                    f"The {AUTH_HEADER} header is missing or not valid (or sign the request with an access key).",
+                )
+            return owner, AUTH_HEADER
+        body = await request.read()
+        try:
+            verified = signing.verify(
+                request.method,
+                request.raw_path,
+                request.headers,
+                body,
+                secret_for=self._secret_for,
+                now=self._now(),
+                max_skew=self.signature_clock_skew,
+            )
+        except signing.SignatureError as exc:
+            key = signing.mask(exc.access_key) if exc.access_key else "-"
+            logger.warning(
+                "%s %s: AK/SK signature refused (%s, ak %s)", request.method, request.path, exc.reason.value, key
+            )
+            raise PlatformError(
+                401, ErrorCode.IAM_AUTH, f"Incorrect IAM authentication information: {exc.detail}"
+            ) from None
+        return self._access_keys[verified.access_key][1], _ACCESS_KEY
+
+    def _secret_for(self, access_key: str) -> str | None:
+        entry = self._access_keys.get(access_key)
+        return entry[0] if entry is not None else None
 
     @staticmethod
     async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -546,7 +626,7 @@ class Platform:
         return device
 
     async def _rest_add_device(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         body = await self._json_body(request)
         auth = body.get("auth_info")
         if not isinstance(auth, dict):
@@ -570,7 +650,7 @@ class Platform:
         return web.json_response(info, status=201)
 
     async def _rest_list_devices(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         limit = _int_query(request, "limit", default=10, low=1, high=50, code=ErrorCode.LIMIT_OUT_OF_RANGE)
         offset = _int_query(request, "offset", default=0, low=0, high=500, code=ErrorCode.INVALID_INPUT)
         marker = request.query.get("marker")
@@ -585,7 +665,7 @@ class Platform:
         )
 
     async def _rest_show_device(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         return web.json_response(self._device_of(project_id, request.match_info["device_id"]).info())
 
     # ------------------------------------------------------------------
@@ -607,7 +687,7 @@ class Platform:
         return self._now() >= tunnel.create_time + self.token_ttl
 
     async def _rest_add_tunnel(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         body = await self._json_body(request)
         device_id = body.get("device_id")
         if not isinstance(device_id, str) or not device_id:
@@ -658,7 +738,7 @@ class Platform:
         )
 
     async def _rest_list_tunnels(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         device_id = request.query.get("device_id")
         tunnels = [
             t.info()
@@ -668,11 +748,11 @@ class Platform:
         return web.json_response({"tunnels": tunnels})
 
     async def _rest_show_tunnel(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         return web.json_response(self._tunnel_of(project_id, request.match_info["tunnel_id"]).info())
 
     async def _rest_close_tunnel(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         tunnel = self._tunnel_of(project_id, request.match_info["tunnel_id"])
         if tunnel.status == OPEN:
             tunnel.status = CLOSED
@@ -691,7 +771,7 @@ class Platform:
         return web.Response(status=204)
 
     async def _rest_delete_tunnel(self, request: web.Request) -> web.Response:
-        project_id = self._authorize(request)
+        project_id = await self._authorize(request)
         tunnel = self._tunnel_of(project_id, request.match_info["tunnel_id"])
         if tunnel.status != CLOSED:
             raise PlatformError(
