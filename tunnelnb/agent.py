@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import signal
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -122,6 +123,9 @@ def _reason(exc: BaseException) -> str:
     """A short human reason: ``Connection refused`` rather than ``[Errno 111] Connect call failed …``."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        detail = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        return f"its TLS certificate is not trusted ({detail}): give its CA bundle (--ca-bundle)"
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     if isinstance(exc, asyncssh.DisconnectError) and exc.reason:
@@ -820,6 +824,7 @@ class Agent:
         term_size: tuple[int, int] = (128, 30),
         reconnect_tries: int = 10,
         reconnect_step: float = 1.0,
+        ssl: ssl_module.SSLContext | bool = True,
     ) -> None:
         if quirks not in QUIRKS:
             raise ValueError(f"quirks must be one of {', '.join(QUIRKS)}, not {quirks!r}")
@@ -841,6 +846,7 @@ class Agent:
         self.term_size = term_size
         self.reconnect_tries = reconnect_tries
         self.reconnect_step = reconnect_step
+        self.ssl = ssl  # for https/wss platforms: True verifies (system CAs), a context (a CA bundle), False not
         self.link_url = self.platform_url + LINK_PATH.format(device_id=quote(device_id, safe=""))
         self._http: aiohttp.ClientSession = None  # type: ignore[assignment]  # set by start()
         self._link_ws: aiohttp.ClientWebSocketResponse | None = None
@@ -906,7 +912,10 @@ class Agent:
         if self._link_task is not None:
             return
         self._stopping = False
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, connect=15))
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, connect=15),
+            connector=aiohttp.TCPConnector(ssl=self.ssl),
+        )
         try:
             ws = await self._connect_link()
         except BaseException:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_platform_auth(p)
     p.add_argument("--max-message-bytes", type=int, default=10_240, help="WebSocket message limit (default 10240)")
     p.add_argument("--token-ttl", type=int, default=86_400, help="tunnel token lifetime in seconds (default 86400)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate (chain included)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: in --tls-cert)")
     _add_log_level(p)
 
     p = sub.add_parser("agent", help="the device side: keep the device link, bridge tunnels to SSH")
@@ -85,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--idle-timeout", type=float, default=600.0, help="close an idle SSH session after S seconds")
     p.add_argument("--max-message-bytes", type=int, default=10_240)
+    _add_tls_client(p)
     _add_log_level(p)
 
     p = sub.add_parser(
@@ -240,6 +244,7 @@ def _platform(args: argparse.Namespace) -> int:
             api_token=token,
             max_message_bytes=args.max_message_bytes,
             token_ttl=args.token_ttl,
+            ssl_context=_server_ssl(args),
         )
     )
     return 0
@@ -267,6 +272,33 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tls_client(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-bundle", metavar="PEM", help="trust the platform's certificate from this CA bundle")
+    p.add_argument("--insecure", action="store_true", help="do not verify the platform's certificate (warns)")
+
+
+def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
+    from .tls import server_ssl
+
+    if not args.tls_cert:
+        if args.tls_key:
+            raise TunnelnbError("--tls-key needs --tls-cert")
+        return None
+    try:
+        return server_ssl(args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        raise TunnelnbError(str(exc)) from None
+
+
+def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    from .tls import client_ssl
+
+    try:
+        return client_ssl(args.ca_bundle, insecure=args.insecure)
+    except ValueError as exc:
+        raise TunnelnbError(str(exc)) from None
+
+
 def _agent(args: argparse.Namespace) -> int:
     from .agent import serve
 
@@ -287,6 +319,7 @@ def _agent(args: argparse.Namespace) -> int:
             quirks=args.quirks,
             idle_timeout=args.idle_timeout,
             max_message_bytes=args.max_message_bytes,
+            ssl=_client_ssl(args),
             **kwargs,
         )
     )

@@ -31,6 +31,7 @@ import logging
 import re
 import secrets
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -286,6 +287,7 @@ class Platform:
         ak: str | None = None,
         sk: str | None = None,
         signature_clock_skew: int = signing.DEFAULT_MAX_SKEW,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_message_bytes < 64:
             raise ValueError(f"max_message_bytes={max_message_bytes} is too small to carry a frame")
@@ -298,6 +300,7 @@ class Platform:
         if signature_clock_skew < 0:
             raise ValueError("signature_clock_skew must not be negative")
         self.project_id = project_id
+        self.ssl_context = ssl_context  # https:// and wss:// when given (see tunnelnb.tls.server_ssl)
         self.api_token = api_token if api_token is not None else secrets.token_urlsafe(24)
         self.host = host
         self.port = port
@@ -420,7 +423,7 @@ class Platform:
         runner = web.AppRunner(self.build_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -429,7 +432,7 @@ class Platform:
         host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        self.base_url = f"http://{host}:{port}"
+        self.base_url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
         logger.debug("platform started on %s (project %s)", self.base_url, self.project_id)
 
     async def stop(self) -> None:
