@@ -31,6 +31,8 @@ async def connect(
     embedded: bool = False,
     devices: int = 8,
     seed: int = 1,
+    replay: str | os.PathLike[str] | None = None,
+    mode: str = "none",
     **fleet_options: Any,
 ) -> Fleet:
     """A :class:`~tunnelnb.fleet.Fleet` for a platform at ``url``, or an embedded one.
@@ -40,9 +42,28 @@ async def connect(
     ``url``, ``project_id`` and ``api_token`` default to ``$TUNNELNB_URL``,
     ``$TUNNELNB_PROJECT_ID`` and ``$TUNNELNB_API_TOKEN``; the devices' default
     login to ``$TUNNELNB_LOGIN_USER`` / ``$TUNNELNB_LOGIN_PASSWORD`` when set.
+
+    ``replay=PATH`` plays a cassette back (:mod:`tunnelnb.replay`): with ``mode="none"``
+    (the default) without any network; ``"new_episodes"`` runs what the cassette lacks
+    on the platform the other arguments name and appends it; ``"all"`` records anew.
     """
-    from .api import PlatformAPI
     from .errors import TunnelnbError
+
+    if replay is not None:
+        from .replay import connect_replay
+
+        async def live() -> Fleet:
+            return await connect(
+                url, project_id=project_id, api_token=api_token, embedded=embedded, devices=devices, seed=seed,
+                **fleet_options,
+            )
+
+        has_live = embedded or bool(url or os.environ.get("TUNNELNB_URL"))
+        return await connect_replay(replay, mode=mode, live=live if has_live else None, **fleet_options)
+    if mode != "none":
+        raise TunnelnbError(f"mode={mode!r} is a cassette mode: give the cassette too, replay=PATH")
+
+    from .api import PlatformAPI
     from .fleet import Fleet
 
     if embedded:

@@ -16,7 +16,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .clock import LIVE_CLOCK, Clock
 from .errors import PlatformError, PlatformUnreachable
+from .transport import TunnelSocket
 
 __all__ = ["PlatformAPI", "TunnelGrant"]
 
@@ -186,6 +188,16 @@ class PlatformAPI:
 
     async def delete_tunnel(self, tunnel_id: str) -> None:
         await self._request("DELETE", f"/tunnels/{quote(tunnel_id, safe='')}")
+
+    # -- what sessions get from the API object (a cassette replaces these) ---
+
+    async def open_tunnel_socket(self, grant: TunnelGrant, **options: Any) -> TunnelSocket:
+        """The application side's WebSocket of a tunnel (``options``: :meth:`TunnelSocket.open`'s)."""
+        return await TunnelSocket.open(self.session, grant.tunnel_uri, grant.token, **options)
+
+    def clock_for(self, device_id: str | None) -> Clock:
+        """The clock (and randomness) a device's session reads: the real one."""
+        return LIVE_CLOCK
 
 
 def _error_from(status: int, body: bytes) -> PlatformError:

@@ -20,13 +20,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from .api import PlatformAPI, TunnelGrant
+from .clock import clock_for
 from .errors import (
     AuthFailed,
     DeviceDisconnected,
@@ -47,7 +46,7 @@ from .shell import (
     setup_script,
     strip_escapes,
 )
-from .transport import TunnelClosed, TunnelSocket
+from .transport import TunnelClosed, TunnelSocket, open_tunnel_socket
 
 __all__ = ["CommandResult", "DeviceOffline", "DeviceSession", "ResultStatus"]
 
@@ -131,9 +130,11 @@ class DeviceSession:
         self._grant: TunnelGrant | None = None
         self._sock: TunnelSocket | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._ids = RequestIds()
+        # Time and random ids come from the API's clock, so a cassette can record and replay them.
+        self._clock = clock_for(api, device_id)
+        self._ids = RequestIds(self._clock.token_hex(6))
         self._marker_seq = itertools.count(1)
-        self._tag = os.urandom(4).hex()
+        self._tag = self._clock.token_hex(4)
         self._joined = asyncio.Event()
         self._login_waiter: asyncio.Future[None] | None = None
         self._running: _Running | None = None
@@ -212,10 +213,9 @@ class DeviceSession:
     async def _connect_socket(self) -> None:
         assert self._grant is not None
         self._joined.clear()
-        self._sock = await TunnelSocket.open(
-            self.api.session,
-            self._grant.tunnel_uri,
-            self._grant.token,
+        self._sock = await open_tunnel_socket(
+            self.api,
+            self._grant,
             heartbeat=self.heartbeat,
             timeout=self.join_timeout,
             max_message_bytes=self.max_message_bytes,
@@ -224,7 +224,7 @@ class DeviceSession:
 
     async def _wait_joined(self) -> None:
         try:
-            async with asyncio.timeout(self.join_timeout):
+            async with self._clock.timeout(self.join_timeout):
                 await self._joined.wait()
         except TimeoutError:
             raise DeviceOffline(
@@ -333,7 +333,7 @@ class DeviceSession:
     async def _reconnect(self) -> bool:
         """Reopen the WebSocket after a drop, with linear back-off."""
         for attempt in range(1, self.reconnect_tries + 1):
-            await asyncio.sleep(min(attempt, 10) * self.reconnect_step)
+            await self._clock.sleep(min(attempt, 10) * self.reconnect_step)
             if self.closed:
                 return False
             try:
@@ -379,10 +379,10 @@ class DeviceSession:
         self._login_waiter = loop.create_future()
         self.logged_in = False
         self._logging_in = True
-        deadline = loop.time() + timeout
+        deadline = self._clock.monotonic() + timeout
         try:
             await self._sock.send(Frame.connect(self._ids.next(), user, password))
-            async with asyncio.timeout_at(deadline):
+            async with self._clock.timeout_at(deadline):
                 await self._login_waiter
             # connect_response may come before the SSH login is even tried (C SDK),
             # so the login holds only once the shell answers a framed no-op.
@@ -407,7 +407,7 @@ class DeviceSession:
         before its shell exists), so the same no-op is typed again now and then;
         it keeps one marker, so a slow first answer still counts.
         """
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         marker = new_marker_id(next(self._marker_seq), self._tag)
         running = _Running(CommandParser(marker))
         self._running = running
@@ -417,13 +417,13 @@ class DeviceSession:
             while True:
                 await self._send_text(script)
                 try:
-                    async with asyncio.timeout_at(min(deadline, loop.time() + wait)):
+                    async with clock.timeout_at(min(deadline, clock.monotonic() + wait)):
                         while not isinstance(event := await running.events.get(), Finished):
                             if isinstance(event, BaseException):
                                 raise event
                         return
                 except TimeoutError:
-                    if loop.time() >= deadline:
+                    if clock.monotonic() >= deadline:
                         raise
                 wait = min(wait * 2, 4.0)
         finally:
@@ -444,12 +444,12 @@ class DeviceSession:
         exceptions.  Cancelling interrupts the command on the device (Ctrl-C) and
         re-raises :class:`asyncio.CancelledError`.
         """
-        started_at = datetime.now(UTC)
-        t0 = time.perf_counter()
+        started_at = self._clock.now()
+        t0 = self._clock.monotonic()
 
         def result(status: str, exit_code: int | None = None, stdout: str = "", error: str = "") -> CommandResult:
             return CommandResult(
-                self.device_id, command, status, exit_code, stdout, time.perf_counter() - t0, started_at, error
+                self.device_id, command, status, exit_code, stdout, self._clock.monotonic() - t0, started_at, error
             )
 
         async with self._lock:
@@ -466,7 +466,7 @@ class DeviceSession:
                     return result(ResultStatus.DISCONNECTED, error=str(exc))
             if self._needs_sync:
                 try:
-                    await self._sync_shell(asyncio.get_running_loop().time() + timeout)
+                    await self._sync_shell(self._clock.monotonic() + timeout)
                 except TimeoutError:
                     return result(ResultStatus.TIMEOUT, error=f"the shell did not answer within {timeout:g} s")
                 except (DeviceDisconnected, TunnelError) as exc:
@@ -525,7 +525,7 @@ class DeviceSession:
         self._running = running
         try:
             await self._send_text(command_script(marker, command))
-            async with asyncio.timeout(timeout):
+            async with self._clock.timeout(timeout):
                 while True:
                     event = await running.events.get()
                     if isinstance(event, BaseException):

@@ -16,20 +16,24 @@ import getpass
 import itertools
 import logging
 import os
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from .api import PlatformAPI
+from .cassette import PASSWORD_PLACEHOLDER, RUNNING_COMMAND
 from .client import CommandResult, DeviceOffline, DeviceSession, ResultStatus
+from .clock import clock_for
 from .errors import AuthFailed, PlatformError, TunnelnbError
 from .results import Results
 from .targets import select_targets
+
+if TYPE_CHECKING:
+    from .replay import Recording
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "Fleet", "FleetSizeWarning"]
 
@@ -209,12 +213,15 @@ class Fleet:
         ids = self.select(targets)
         if user is not None or password is not None or password_env is not None:
             user = user or getpass.getuser()
+            replaying = getattr(self.api, "replaying", False)  # a replay sends no password anywhere
             if password is None and password_env:
                 password = os.environ.get(password_env)
-                if password is None:
+                if password is None and not replaying:
                     raise TunnelnbError(f"environment variable {password_env} is not set: export it, or omit it")
             if password is None:
-                password = getpass.getpass(f"password for {user} on {len(ids)} device(s): ")
+                password = PASSWORD_PLACEHOLDER if replaying else getpass.getpass(
+                    f"password for {user} on {len(ids)} device(s): "
+                )
             for device_id in ids:
                 self._logins[device_id] = (user, password)
             self._new_login.update(ids)
@@ -285,7 +292,7 @@ class Fleet:
         tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in order]
         try:
             await asyncio.gather(*tasks)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or a strict replay that left its cassette: stop every device
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -341,11 +348,13 @@ class Fleet:
         on_output: OutputCallback | None,
         login_only: bool,
     ) -> CommandResult:
-        started_at = datetime.now(UTC)
-        t0 = time.perf_counter()
+        RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
+        clock = clock_for(self.api, device_id)
+        started_at = clock.now()
+        t0 = clock.monotonic()
 
         def row(status: str, error: str) -> CommandResult:
-            return CommandResult(device_id, command, status, None, "", time.perf_counter() - t0, started_at, error)
+            return CommandResult(device_id, command, status, None, "", clock.monotonic() - t0, started_at, error)
 
         try:
             session = await self._session_for(device_id)
@@ -374,7 +383,7 @@ class Fleet:
                     return row(ResultStatus.DISCONNECTED, str(exc))
             if login_only:
                 return CommandResult(
-                    device_id, command, ResultStatus.OK, 0, "", time.perf_counter() - t0, started_at, ""
+                    device_id, command, ResultStatus.OK, 0, "", clock.monotonic() - t0, started_at, ""
                 )
             callback = (lambda text: on_output(device_id, text)) if on_output else None
             try:
@@ -431,6 +440,22 @@ class Fleet:
     def session(self, device_id: str) -> DeviceSession | None:
         """The open session of a device, if any (for terminals and dashboards)."""
         return self._sessions.get(device_id)
+
+    # -- recording -----------------------------------------------------------
+
+    def record(self, path: str | os.PathLike[str]) -> Recording:
+        """Record what this fleet gets from the platform and its devices to a cassette at ``path``.
+
+        ``with fleet.record("incident.cassette.jsonl"): ...`` (or ``async with``, or
+        ``.start()`` / ``.stop()``): every platform answer, every tunnel frame and
+        every clock reading, per device, as JSON Lines with passwords and tokens
+        masked; ``tunnelnb.connect(replay=path)`` plays it back without a network.
+        Sessions open at the start are closed, so the cassette holds each device's
+        session from its beginning.  See :mod:`tunnelnb.replay`.
+        """
+        from .replay import Recording
+
+        return Recording(self, path)
 
     # -- history and shutdown ----------------------------------------------
 

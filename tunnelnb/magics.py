@@ -23,15 +23,17 @@ from IPython.utils.text import DollarFormatter
 from traitlets import Bool, Float, Int
 from traitlets.config import Configurable
 
+from .cassette import PASSWORD_PLACEHOLDER, CassetteMismatch
 from .errors import TunnelnbError
 from .fleet import Fleet
 from .live import LiveOutput, TextProgress, WidgetProgress
+from .replay import MODES
 from .results import Results
 from .runner import KernelLoopRunner, LoopRunner, runner_for_this_thread
 
 __all__ = ["TunnelMagics", "load_ipython_extension", "unload_ipython_extension"]
 
-SUBCOMMANDS = ("connect", "devices", "login", "shell", "status", "history", "close")
+SUBCOMMANDS = ("connect", "devices", "login", "shell", "status", "history", "record", "close")
 
 _LINE_HELP = """\
 Run shell commands on devices behind the secure tunnel, and manage the connection.
@@ -48,6 +50,17 @@ Line magic::
   %tunnel status                          the live fleet dashboard
   %tunnel history [--last N]              every run so far
   %tunnel close [TARGETS | --all]         close sessions (everything with --all or no targets)
+
+Record and replay (cassettes: JSON Lines, passwords and tokens masked)::
+
+  %tunnel record PATH                     record what the fleet gets from now on (platform answers, frames)
+  %tunnel record --stop                   write it: says how many events, devices and secrets masked
+  %tunnel connect --replay PATH [--mode none|new_episodes|all]   play a cassette back, no network
+                                          (new_episodes: what it lacks runs live and is added; all: record anew)
+  %tunnel connect --cassette PATH [--devices N --seed S]   a notebook's own cassette: replayed, unless
+                                          $TUNNELNB_URL is set (then live, nothing recorded); --mode or
+                                          $TUNNELNB_RECORD_MODE=all records it anew (from $TUNNELNB_URL, else an
+                                          embedded fleet of N devices, seed S)
 
 Cell magic: the cell is one shell script, run on every target in its persistent
 shell; ``{expr}`` and ``$var`` expand from the notebook's namespace as for ``!``
@@ -81,6 +94,7 @@ class TunnelMagics(Magics):
         self._runner: LoopRunner | None = None
         self._where = ""
         self._dashboard: Any = None  # the one live dashboard: a new %tunnel status replaces it
+        self._recording: Any = None  # %tunnel record PATH, until --stop
 
     # -- the magic ---------------------------------------------------------
 
@@ -100,7 +114,7 @@ class TunnelMagics(Magics):
             if cell is None:
                 return self._line(line)
             return self._cell(line, cell)
-        except TunnelnbError as exc:
+        except (TunnelnbError, CassetteMismatch) as exc:
             raise UsageError(str(exc)) from None
         except _HelpShown:
             return None
@@ -140,6 +154,20 @@ class TunnelMagics(Magics):
 
         if args.embedded and args.url:
             raise UsageError("connect takes a platform URL or --embedded, not both")
+        cassette, mode = _cassette(args)
+        if cassette is not None and mode == "none":
+            self._close_all(quiet=True)
+            runner = runner_for_this_thread()
+            try:
+                fleet = runner.run(tunnelnb.connect(replay=cassette, concurrency=self.concurrency))
+            except BaseException:
+                runner.close()
+                raise
+            api: Any = fleet.api
+            when = f"{api.recorded_at:%Y-%m-%d %H:%M} UTC"
+            self._connected(fleet, runner, f"cassette {cassette} (recorded {when} from {api.platform})", args.out)
+            return
+        replay = {"replay": cassette, "mode": mode} if cassette is not None else {}
         if not args.embedded and not args.url:
             # The notebook default: the platform in $TUNNELNB_URL (Binder, a real one), else an embedded one.
             args.url = os.environ.get("TUNNELNB_URL") or None
@@ -153,7 +181,9 @@ class TunnelMagics(Magics):
                 devices = self.devices if args.devices is None else args.devices
                 seed = self.seed if args.seed is None else args.seed
                 fleet = runner.run(
-                    tunnelnb.connect(embedded=True, devices=devices, seed=seed, concurrency=self.concurrency)
+                    tunnelnb.connect(
+                        embedded=True, devices=devices, seed=seed, concurrency=self.concurrency, **replay
+                    )
                 )
                 platform = fleet.embedded[0]  # type: ignore[attr-defined]
                 where = f"embedded platform {platform.base_url} with {devices} simulated devices (seed {seed})"
@@ -163,19 +193,45 @@ class TunnelMagics(Magics):
                     token = _prompt(f"API token for {args.url} (${args.api_token_env} is not set): ")
                 fleet = runner.run(
                     tunnelnb.connect(
-                        args.url, project_id=args.project_id, api_token=token, concurrency=self.concurrency
+                        args.url, project_id=args.project_id, api_token=token, concurrency=self.concurrency, **replay
                     )
                 )
                 where = f"{args.url}, project {fleet.api.project_id}, token ****"
         except BaseException:
             runner.close()
             raise
+        if mode == "all":
+            where += f", recording to {cassette}"
+        elif mode == "new_episodes":
+            where += f", replaying {cassette} (what it lacks runs live and is added to it)"
+        self._connected(fleet, runner, where, args.out)
+
+    def _connected(self, fleet: Fleet, runner: LoopRunner, where: str, out: str | None) -> None:
         self.fleet, self._runner, self._where = fleet, runner, where
         df = fleet.devices()
         online = int((df.status == "ONLINE").sum())
         print(f"connected to {where}: {len(df)} devices, {online} online")
-        if args.out:
-            self.shell.user_ns[args.out] = fleet
+        if out:
+            self.shell.user_ns[out] = fleet
+
+    def _record(self, rest: str) -> None:
+        args = self._parse(rest, _RECORD)
+        fleet = self._need_fleet()
+        if args.stop:
+            recording = self._recording or getattr(fleet.api, "recording", None)
+            if recording is None or not recording.active:
+                raise UsageError("not recording: %tunnel record PATH starts a recording")
+            self._recording = None
+            print(recording.stop())
+            return
+        if not args.path:
+            raise UsageError("record to which file? %tunnel record PATH (e.g. incident.cassette.jsonl), or --stop")
+        if self._recording is not None and self._recording.active:
+            raise UsageError(f"already recording to {self._recording.path}: %tunnel record --stop first")
+        recording = fleet.record(args.path)
+        self._call(recording.astart())
+        self._recording = recording
+        print(f"recording to {args.path} (passwords and tokens are masked); %tunnel record --stop writes it")
 
     def _devices(self, rest: str) -> Any:
         args = self._parse(rest, _DEVICES)
@@ -191,11 +247,14 @@ class TunnelMagics(Magics):
         ids = fleet.select(targets)
         kwargs: dict[str, Any] = {"timeout": self.timeout}
         if args.user is not None or args.password_env is not None or not fleet.has_login(ids):
+            replaying = getattr(fleet.api, "replaying", False)  # a replay needs no password: it sends none
             kwargs["user"] = args.user or getpass.getuser()
             if args.password_env:
-                if args.password_env not in os.environ:
+                if args.password_env not in os.environ and not replaying:
                     raise UsageError(f"environment variable {args.password_env} is not set: export it, or omit it")
                 kwargs["password_env"] = args.password_env
+            elif replaying:
+                kwargs["password"] = PASSWORD_PLACEHOLDER
             else:
                 kwargs["password"] = _prompt(f"password for {kwargs['user']} on {len(ids)} device(s): ")
         results = self._call(fleet.login(ids, **kwargs))
@@ -351,12 +410,17 @@ class TunnelMagics(Magics):
         self.fleet, self._runner = None, None
         if fleet is None or runner is None:
             return
+        recording = self._recording or getattr(fleet.api, "recording", None)
+        self._recording = None
+        summary = recording.stop() if recording is not None and recording.active else None
         try:
             runner.run(fleet.close())
         finally:
             runner.close()
         if not quiet:
             print(f"closed the connection to {self._where}")
+            if summary is not None:
+                print(summary)
 
     @staticmethod
     def _parse(rest: str, parser: MagicArgumentParser) -> argparse.Namespace:
@@ -381,6 +445,28 @@ def _targets(words: list[str]) -> list[str]:
     if len(text) >= 2 and text[0] in "[(" and text[-1] in "])":
         return [w for w in text[1:-1].replace(",", " ").split() if w]
     return words
+
+
+def _cassette(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The cassette and mode ``connect`` uses: ``(None, None)`` to connect live without one.
+
+    ``--replay PATH`` always uses it; ``--cassette PATH`` only when no platform is
+    at hand (no URL, no ``--embedded``, no ``$TUNNELNB_URL``) or a mode says to.
+    """
+    if args.replay and args.cassette:
+        raise UsageError("connect takes --replay PATH or --cassette PATH, not both")
+    path = args.replay or args.cassette
+    mode = args.mode or os.environ.get("TUNNELNB_RECORD_MODE") or None
+    if path is None:
+        if args.mode:
+            raise UsageError("--mode is a cassette's: connect --replay PATH --mode MODE")
+        return None, None
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"unknown cassette mode {mode!r} ($TUNNELNB_RECORD_MODE?): use one of {', '.join(MODES)}")
+    if args.cassette and mode is None and (args.url or args.embedded or os.environ.get("TUNNELNB_URL")):
+        print(f"note: a platform is at hand, so this runs live; the cassette {path} is not used")
+        return None, None
+    return path, mode or "none"
 
 
 class _HelpShown(Exception):
@@ -436,6 +522,22 @@ _CONNECT.add_argument(
     "--api-token-env", default="TUNNELNB_API_TOKEN", metavar="VAR", help="variable holding the API token"
 )
 _CONNECT.add_argument("-o", "--out", metavar="VAR", help="also store the Fleet in this variable")
+_CONNECT.add_argument("--replay", metavar="PATH", help="play this cassette back instead (no network with --mode none)")
+_CONNECT.add_argument(
+    "--cassette",
+    metavar="PATH",
+    help="the notebook's cassette: replayed unless $TUNNELNB_URL is set (then live, nothing recorded)",
+)
+_CONNECT.add_argument(
+    "--mode",
+    choices=MODES,
+    help="cassette mode (default $TUNNELNB_RECORD_MODE, else none): none replays strictly, new_episodes runs "
+    "what the cassette lacks live and adds it, all records anew",
+)
+
+_RECORD = _parser("record", "Record what the fleet gets from the platform and devices to a cassette (JSON Lines).")
+_RECORD.add_argument("path", nargs="?", help="the cassette file to write, e.g. incident.cassette.jsonl")
+_RECORD.add_argument("--stop", action="store_true", help="stop recording and write the rest")
 
 _DEVICES = _parser("devices", "The inventory: one row per device.")
 _DEVICES.add_argument("--refresh", action="store_true", help="read it from the platform again")

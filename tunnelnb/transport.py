@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 
 from .errors import TunnelAuthError, TunnelError
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES, Frame, ProtocolError, decode_frame, encode_frame
 
-__all__ = ["CLOSE_AUTH_FAILED", "CLOSE_NORMAL", "CLOSE_REPLACED", "TunnelClosed", "TunnelSocket"]
+__all__ = ["CLOSE_AUTH_FAILED", "CLOSE_NORMAL", "CLOSE_REPLACED", "TunnelClosed", "TunnelSocket", "open_tunnel_socket"]
 
 log = logging.getLogger("tunnelnb.transport")
 
@@ -134,6 +135,18 @@ class TunnelSocket:
                 await self._ws.close(code=code)
             except (ConnectionResetError, aiohttp.ClientConnectionError):
                 pass
+
+
+async def open_tunnel_socket(api: Any, grant: Any, **options: Any) -> TunnelSocket:
+    """The WebSocket of a tunnel ``api`` granted: from ``api.open_tunnel_socket`` when it has one.
+
+    That method is the seam a cassette recording or replay (:mod:`tunnelnb.replay`)
+    plugs into; an API object without it gets an aiohttp WebSocket on its ``session``.
+    """
+    opener = getattr(api, "open_tunnel_socket", None)
+    if opener is not None:
+        return await opener(grant, **options)
+    return await TunnelSocket.open(api.session, grant.tunnel_uri, grant.token, **options)
 
 
 def _strip_query(uri: str) -> str:
