@@ -805,6 +805,12 @@ class Agent:
     ``local_shell=(user, password)`` spawns a PTY shell (``shell``) directly
     instead of logging in to an SSH server.  ``heartbeat`` is the WebSocket
     ping interval (None: no pings).  See the module docstring for ``quirks``.
+
+    ``mqtt_url`` (``mqtt://HOST[:PORT]`` or ``mqtts://…``) takes the tunnel
+    notifications from an MQTT broker, as an IoTDA device does, instead of the
+    device link (``platform_url`` is then unused and may be empty): see
+    :mod:`tunnelnb.mqtt` for the credentials, ``mqtt_check_timestamp`` (client
+    id sign type 1) and ``mqtt_presence`` (off for a real IoTDA broker).
     """
 
     def __init__(
@@ -825,6 +831,9 @@ class Agent:
         reconnect_tries: int = 10,
         reconnect_step: float = 1.0,
         ssl: ssl_module.SSLContext | bool = True,
+        mqtt_url: str | None = None,
+        mqtt_check_timestamp: bool = False,
+        mqtt_presence: bool = True,
     ) -> None:
         if quirks not in QUIRKS:
             raise ValueError(f"quirks must be one of {', '.join(QUIRKS)}, not {quirks!r}")
@@ -832,7 +841,13 @@ class Agent:
             raise ValueError("shell must name a program")
         if max_message_bytes < 256:
             raise ValueError(f"max_message_bytes={max_message_bytes} leaves no room for output")
-        self.platform_url = platform_url.rstrip("/")
+        self.platform_url = (platform_url or "").rstrip("/")
+        if not self.platform_url and mqtt_url is None:
+            raise ValueError("give the platform's URL (device link) or an MQTT broker's (mqtt_url)")
+        self.mqtt_url = mqtt_url
+        self.mqtt_check_timestamp = mqtt_check_timestamp
+        self.mqtt_presence = mqtt_presence
+        self._mqtt: Any = None  # a tunnelnb.mqtt.DeviceMqtt while started with mqtt_url
         self.device_id = device_id
         self._secret = device_secret
         self.ssh_host = ssh_host
@@ -864,7 +879,9 @@ class Agent:
 
     @property
     def online(self) -> bool:
-        """The device link is up (the platform lists the device as ONLINE)."""
+        """The device link (or the MQTT connection) is up (the platform lists the device as ONLINE)."""
+        if self._mqtt is not None:
+            return bool(self._mqtt.connected)
         return self._link_ws is not None and not self._link_ws.closed
 
     @property
@@ -917,6 +934,9 @@ class Agent:
             connector=aiohttp.TCPConnector(ssl=self.ssl),
         )
         try:
+            if self.mqtt_url is not None:
+                self._link_task = await self._start_mqtt()
+                return
             ws = await self._connect_link()
         except BaseException:
             await self._http.close()
@@ -935,6 +955,9 @@ class Agent:
             await tunnel.close(Frame.disconnect(request_id, Status.SESSION_ENDED, "agent stopping"))
         if self._closing_tunnels:
             await asyncio.gather(*self._closing_tunnels, return_exceptions=True)
+        mqtt, self._mqtt = self._mqtt, None
+        if mqtt is not None:
+            await mqtt.stop()  # OFFLINE, then a clean DISCONNECT
         ws = self._link_ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
@@ -952,6 +975,43 @@ class Agent:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # -- MQTT (tunnelnb.mqtt) ---------------------------------------------------------
+
+    async def _start_mqtt(self) -> asyncio.Task[None]:
+        """Connect to the broker and subscribe (DeviceAuthError, PlatformUnreachable); the reconnect loop's task."""
+        from .mqtt import BrokerAuthError, DeviceMqtt
+
+        assert self.mqtt_url is not None
+        mqtt = DeviceMqtt(
+            self.mqtt_url,
+            self.device_id,
+            self._secret,
+            on_notify=self._open_tunnel,  # the same notify handling as on the device link
+            on_connected=self._mqtt_connected,
+            check_timestamp=self.mqtt_check_timestamp,
+            presence=self.mqtt_presence,
+            ssl=self.ssl,
+            reconnect_step=self.reconnect_step,
+        )
+        self._mqtt = mqtt
+        try:
+            await mqtt.start()
+        except BrokerAuthError as exc:
+            self._mqtt = None
+            raise DeviceAuthError(f"{exc} of device {self.device_id!r}: check the device secret") from None
+        except BaseException:
+            self._mqtt = None
+            raise
+        assert mqtt.task is not None
+        return mqtt.task
+
+    def _mqtt_connected(self, up: bool) -> None:
+        if up:
+            self._online.set()
+            log.info("device %r online (MQTT %s)", self.device_id, self.mqtt_url)
+        else:
+            self._online.clear()
 
     # -- device link ---------------------------------------------------------------
 
@@ -1058,7 +1118,7 @@ async def serve(**kwargs: Any) -> None:
             log.info(
                 "agent for device %r connected to %s; shells via %s",
                 agent.device_id,
-                agent.platform_url,
+                agent.mqtt_url or agent.platform_url,
                 agent._shell_target(),
             )
             started = time.monotonic()

@@ -61,10 +61,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-ttl", type=int, default=86_400, help="tunnel token lifetime in seconds (default 86400)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate (chain included)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: in --tls-cert)")
+    p.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="also notify devices through this MQTT broker, as IoTDA does: mqtt://[USER:PASSWORD@]HOST[:PORT] "
+        "or mqtts://… (pip install 'tunnelnb[mqtt]')",
+    )
+    p.add_argument("--mqtt-ca-bundle", metavar="PEM", help="trust the mqtts broker's certificate from this CA bundle")
     _add_log_level(p)
 
     p = sub.add_parser("agent", help="the device side: keep the device link, bridge tunnels to SSH")
-    p.add_argument("--platform", required=True, metavar="URL", help="platform base URL, e.g. http://127.0.0.1:8765")
+    p.add_argument("--platform", metavar="URL", help="platform base URL, e.g. http://127.0.0.1:8765")
+    p.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="take tunnel notifications from this MQTT broker instead of a device link: mqtt://HOST[:PORT] or "
+        "mqtts://HOST[:PORT] (IoTDA: mqtts://DEVICE-ACCESS-HOST:8883)",
+    )
+    p.add_argument(
+        "--mqtt-check-timestamp", action="store_true", help="client id sign type 1 (IoTDA also checks the time)"
+    )
+    p.add_argument(
+        "--no-presence",
+        dest="mqtt_presence",
+        action="store_false",
+        help="publish no tunnelnb presence (for a real IoTDA broker, which knows who is online)",
+    )
     p.add_argument("--device-id", required=True)
     p.add_argument(
         "--device-secret",
@@ -245,6 +267,8 @@ def _platform(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             token_ttl=args.token_ttl,
             ssl_context=_server_ssl(args),
+            mqtt_url=args.mqtt,
+            mqtt_ssl=_mqtt_ssl(args),
         )
     )
     return 0
@@ -290,6 +314,15 @@ def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise TunnelnbError(str(exc)) from None
 
 
+def _mqtt_ssl(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    from .tls import client_ssl
+
+    try:
+        return client_ssl(args.mqtt_ca_bundle)
+    except ValueError as exc:
+        raise TunnelnbError(str(exc)) from None
+
+
 def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | bool:
     from .tls import client_ssl
 
@@ -303,6 +336,8 @@ def _agent(args: argparse.Namespace) -> int:
     from .agent import serve
 
     _configure_logging(args.log_level)
+    if not args.platform and not args.mqtt:
+        raise TunnelnbError("give the platform's URL (--platform URL) or an MQTT broker (--mqtt URL)")
     secret = _secret(args.device_secret, "TUNNELNB_DEVICE_SECRET", "device secret")
     kwargs: dict[str, object] = {}
     if args.local_shell:
@@ -313,13 +348,16 @@ def _agent(args: argparse.Namespace) -> int:
         kwargs["ssh_host"], kwargs["ssh_port"] = _host_port(args.ssh)
     asyncio.run(
         serve(
-            platform_url=args.platform,
+            platform_url=args.platform or "",
             device_id=args.device_id,
             device_secret=secret,
             quirks=args.quirks,
             idle_timeout=args.idle_timeout,
             max_message_bytes=args.max_message_bytes,
             ssl=_client_ssl(args),
+            mqtt_url=args.mqtt,
+            mqtt_check_timestamp=args.mqtt_check_timestamp,
+            mqtt_presence=args.mqtt_presence,
             **kwargs,
         )
     )

@@ -12,6 +12,9 @@ does, without sending the secret itself:
 While the link is open the device is ``ONLINE``.  Each text message the platform
 sends on it is one events/down payload (see :func:`tunnel_notify`); a newer link
 for the same device replaces the older one (close code 4000).
+
+:mod:`tunnelnb.mqtt` carries the same payload over MQTT instead, as IoTDA does,
+with the same password derivation in the MQTT login.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ One aiohttp application serves three things:
 * the Secure Tunnel WebSockets: the application's ``source-connect`` and the device's
   ``device-connect`` side of each tunnel, relayed frame by frame;
 * device links (:mod:`tunnelnb.devicelink`): the WebSocket through which a device is
-  ONLINE and learns of its tunnels, standing in for IoTDA's MQTT events.
+  ONLINE and learns of its tunnels, standing in for IoTDA's MQTT events -- or, with
+  ``mqtt_url``, those MQTT events themselves, through a broker (:mod:`tunnelnb.mqtt`).
 
 All state lives in memory: projects, devices, tunnels and tokens vanish when the
 process stops.  That is deliberate: the platform serves demos, tests and benchmarks,
@@ -156,6 +157,13 @@ class _Device:
     link: web.WebSocketResponse | None = None
     #: ``ws://host:port`` as the device reached us: its tunnel_notify URIs use it.
     link_base: str = ""
+    #: The session id of the device's MQTT connection while it is ONLINE there (tunnelnb.mqtt), else None.
+    mqtt_session: str | None = None
+
+    @property
+    def online(self) -> bool:
+        """ONLINE: its device link is open, or an authenticated MQTT connection of it is up."""
+        return self.link is not None or self.mqtt_session is not None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -163,7 +171,7 @@ class _Device:
             "node_id": self.node_id,
             "device_name": self.device_name,
             "product_id": self.product_id,
-            "status": ONLINE if self.link is not None else OFFLINE,
+            "status": ONLINE if self.online else OFFLINE,
             "fw_version": self.fw_version,
             "sw_version": self.sw_version,
             "tags": [{"tag_key": k, "tag_value": v} for k, v in self.tags.items()],
@@ -270,6 +278,12 @@ class Platform:
     ``link_clock_skew`` is how far a device's ``X-Device-Timestamp`` may stray from
     the platform's clock.  ``clock`` (seconds since the epoch) can be replaced, so
     token expiry and timestamp checks are testable without waiting.
+
+    ``mqtt_url`` (``mqtt://[user:password@]HOST[:PORT]`` or ``mqtts://…``, TLS
+    verified per ``mqtt_ssl``) also sends the notifications through an MQTT broker,
+    as IoTDA does: a device that is ONLINE by MQTT presence (see :mod:`tunnelnb.mqtt`)
+    gets its ``tunnel_notify`` published to ``$oc/devices/{device_id}/sys/events/down``
+    with QoS 1; devices on a device link keep getting theirs over the link.
     """
 
     def __init__(
@@ -288,6 +302,8 @@ class Platform:
         sk: str | None = None,
         signature_clock_skew: int = signing.DEFAULT_MAX_SKEW,
         ssl_context: ssl.SSLContext | None = None,
+        mqtt_url: str | None = None,
+        mqtt_ssl: ssl.SSLContext | bool = True,
     ) -> None:
         if max_message_bytes < 64:
             raise ValueError(f"max_message_bytes={max_message_bytes} is too small to carry a frame")
@@ -321,6 +337,10 @@ class Platform:
         self._ids = RequestIds()
         self._runner: web.AppRunner | None = None
         self._closing = False
+        self.mqtt_url = mqtt_url
+        self.mqtt_ssl = mqtt_ssl
+        self._mqtt: Any = None  # a tunnelnb.mqtt.PlatformMqtt while running with mqtt_url
+        self._presence: dict[str, Any] = {}  # device id -> its latest tunnelnb.mqtt.Presence
         self.add_project(project_id, self.api_token)
         if ak is not None and sk is not None:
             self.add_access_key(ak, sk)
@@ -434,6 +454,8 @@ class Platform:
             host = f"[{host}]"
         self.base_url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
         logger.debug("platform started on %s (project %s)", self.base_url, self.project_id)
+        if self.mqtt_url is not None:
+            await self._start_mqtt()  # on failure it stops the platform again, and raises
 
     async def stop(self) -> None:
         """Say goodbye on every tunnel side, close every WebSocket with 1001, then the server."""
@@ -442,6 +464,7 @@ class Platform:
             return
         self._closing = True
         try:
+            await self._stop_mqtt()
             goodbyes: list[Awaitable[Any]] = []
             for tunnel in list(self._tunnels.values()):
                 for conn in tunnel.conns.values():
@@ -620,6 +643,9 @@ class Platform:
         )
         self._devices[device_id] = device
         logger.info("device %s added to project %s", device_id, project_id)
+        presence = self._presence.get(device_id)
+        if presence is not None:  # its agent was on the broker before it was registered
+            self._apply_presence(device, presence)
         return device.info()
 
     def _device_of(self, project_id: str, device_id: str) -> _Device:
@@ -696,7 +722,7 @@ class Platform:
         if not isinstance(device_id, str) or not device_id:
             raise _bad_input("device_id is required and must be a string.")
         device = self._device_of(project_id, device_id)
-        if device.link is None:
+        if not device.online:
             raise PlatformError(
                 400,
                 ErrorCode.DEVICE_OFFLINE,
@@ -853,20 +879,88 @@ class Platform:
             raise PlatformError(401, ErrorCode.UNAUTHORIZED, f"Device {device.device_id} failed authentication.")
 
     async def _notify(self, tunnel: _Tunnel) -> bool:
-        """Send the device its tunnel_notify over its link; False if it has no link."""
+        """Send the device its tunnel_notify over its link, or over MQTT; False if it is offline."""
         device = self._devices.get(tunnel.device_id)
-        if device is None or device.link is None:
+        if device is None or not device.online:
             logger.debug(
                 "tunnel %s: device %s is offline; it will be notified when it links", tunnel.tunnel_id, tunnel.device_id
             )
             return False
-        uri = f"{device.link_base}/v5/iot/tunnels/{tunnel.tunnel_id}/device-connect"
+        # Over MQTT the device never addressed us: its URI is our own base URL's.
+        base = device.link_base if device.link is not None else "ws" + self.base_url.removeprefix("http")
+        uri = f"{base}/v5/iot/tunnels/{tunnel.tunnel_id}/device-connect"
         remaining = max(0, int(tunnel.create_time + self.token_ttl - self._now()))
         when = datetime.fromtimestamp(self._now(), UTC)
-        sent = await self._send(device.link, json.dumps(tunnel_notify(uri, tunnel.device_token, remaining, when)))
+        payload = json.dumps(tunnel_notify(uri, tunnel.device_token, remaining, when))
+        if device.link is not None:
+            sent = await self._send(device.link, payload)
+        else:
+            sent = self._mqtt is not None and await self._mqtt.publish_notify(device.device_id, payload)
         if sent:
-            logger.info("tunnel %s: notified device %s", tunnel.tunnel_id, tunnel.device_id)
+            logger.info(
+                "tunnel %s: notified device %s%s", tunnel.tunnel_id, tunnel.device_id, "" if device.link else " (MQTT)"
+            )
         return sent
+
+    # ------------------------------------------------------------------
+    # MQTT (tunnelnb.mqtt): notifications through a broker, presence from it
+
+    async def _start_mqtt(self) -> None:
+        from .mqtt import PlatformMqtt
+
+        assert self.mqtt_url is not None
+        try:
+            self._mqtt = PlatformMqtt(
+                self.mqtt_url, on_presence=self._on_presence, on_connected=self._on_mqtt_connected, ssl=self.mqtt_ssl
+            )
+            await self._mqtt.start()
+        except BaseException:
+            self._mqtt = None
+            await self.stop()
+            raise
+        logger.info("platform notifying devices through the MQTT broker at %s", self._mqtt.endpoint.url)
+
+    async def _stop_mqtt(self) -> None:
+        mqtt, self._mqtt = self._mqtt, None
+        if mqtt is not None:
+            await mqtt.stop()
+            self._on_mqtt_connected(False)
+
+    def _on_mqtt_connected(self, up: bool) -> None:
+        """Without the broker, no MQTT device can be notified: they are OFFLINE until their presence comes back."""
+        if not up:
+            self._presence.clear()
+            for device in self._devices.values():
+                if device.mqtt_session is not None:
+                    device.mqtt_session = None
+                    logger.info("device %s offline (the MQTT broker is gone)", device.device_id)
+
+    async def _on_presence(self, presence: Any) -> None:
+        self._presence[presence.device_id] = presence  # also for a device registered later
+        device = self._devices.get(presence.device_id)
+        if device is not None and self._apply_presence(device, presence):
+            for tunnel in list(self._tunnels.values()):
+                if tunnel.device_id == device.device_id and tunnel.status == OPEN and tunnel.conns[Side.DEVICE] is None:
+                    await self._notify(tunnel)
+
+    def _apply_presence(self, device: _Device, presence: Any) -> bool:
+        """Mark the device ONLINE/OFFLINE per an authentic presence message; True if it came online."""
+        from .mqtt import verify_presence
+
+        problem = verify_presence(presence, device.secret)
+        if problem is not None:
+            logger.warning("device %s: ignoring its MQTT presence: %s", device.device_id, problem)
+            return False
+        if presence.online:
+            came = device.mqtt_session != presence.session
+            device.mqtt_session = presence.session
+            if came:
+                logger.info("device %s online (MQTT)", device.device_id)
+            return came
+        if device.mqtt_session == presence.session:  # an OFFLINE of an older connection changes nothing
+            device.mqtt_session = None
+            logger.info("device %s offline (MQTT)", device.device_id)
+        return False
 
     # ------------------------------------------------------------------
     # Tunnel WebSockets
