@@ -33,6 +33,11 @@ async def connect(
     seed: int = 1,
     replay: str | os.PathLike[str] | None = None,
     mode: str = "none",
+    huaweicloud: str | bool | None = None,
+    instance_id: str | None = None,
+    endpoint: str | None = None,
+    ca_bundle: str | None = None,
+    insecure: bool = False,
     **fleet_options: Any,
 ) -> Fleet:
     """A :class:`~tunnelnb.fleet.Fleet` for a platform at ``url``, or an embedded one.
@@ -46,6 +51,13 @@ async def connect(
     ``replay=PATH`` plays a cassette back (:mod:`tunnelnb.replay`): with ``mode="none"``
     (the default) without any network; ``"new_episodes"`` runs what the cassette lacks
     on the platform the other arguments name and appends it; ``"all"`` records anew.
+
+    ``huaweicloud="cn-north-4"`` (a region; or ``True`` with ``endpoint=``) talks to Huawei
+    Cloud IoTDA through the official SDK (``pip install 'tunnelnb[huaweicloud]'``), with the
+    access key from ``$HUAWEICLOUD_SDK_AK`` / ``$HUAWEICLOUD_SDK_SK`` and the project from
+    ``project_id`` or ``$HUAWEICLOUD_SDK_PROJECT_ID``; ``instance_id`` selects the instance.
+    ``ca_bundle`` trusts an https platform's certificate from that file; ``insecure=True``
+    turns verification off, with a warning.
     """
     from .errors import TunnelnbError
 
@@ -55,17 +67,25 @@ async def connect(
         async def live() -> Fleet:
             return await connect(
                 url, project_id=project_id, api_token=api_token, embedded=embedded, devices=devices, seed=seed,
-                **fleet_options,
+                huaweicloud=huaweicloud, instance_id=instance_id, endpoint=endpoint, ca_bundle=ca_bundle,
+                insecure=insecure, **fleet_options,
             )
 
-        has_live = embedded or bool(url or os.environ.get("TUNNELNB_URL"))
+        has_live = embedded or bool(huaweicloud or url or os.environ.get("TUNNELNB_URL"))
         return await connect_replay(replay, mode=mode, live=live if has_live else None, **fleet_options)
     if mode != "none":
         raise TunnelnbError(f"mode={mode!r} is a cassette mode: give the cassette too, replay=PATH")
 
     from .api import PlatformAPI
     from .fleet import Fleet
+    from .tls import client_ssl
 
+    if huaweicloud:
+        from .cloud import cloud_api_from_env
+
+        region = huaweicloud if isinstance(huaweicloud, str) else None
+        api = cloud_api_from_env(region=region, project_id=project_id, instance_id=instance_id, endpoint=endpoint)
+        return await _fleet_for(api, fleet_options)
     if embedded:
         from .platform import Platform
         from .sim import SimulatedFleet
@@ -92,13 +112,28 @@ async def connect(
     api_token = api_token or os.environ.get("TUNNELNB_API_TOKEN")
     if not api_token:
         raise TunnelnbError("no API token: pass api_token=... or set $TUNNELNB_API_TOKEN")
+    try:
+        tls = client_ssl(ca_bundle, insecure=insecure)
+    except ValueError as exc:
+        raise TunnelnbError(str(exc)) from None
+    return await _fleet_for(PlatformAPI(url, project_id=project_id, api_token=api_token, ssl=tls), fleet_options)
+
+
+async def _fleet_for(api: Any, fleet_options: dict[str, Any]) -> Fleet:
+    """A fleet on ``api`` with its inventory read; the API's connections are closed if that fails."""
+    from .fleet import Fleet
+
     if "login" not in fleet_options and os.environ.get("TUNNELNB_LOGIN_PASSWORD"):
         import getpass
 
         user = os.environ.get("TUNNELNB_LOGIN_USER") or getpass.getuser()
         fleet_options["login"] = (user, os.environ["TUNNELNB_LOGIN_PASSWORD"])
-    fleet = Fleet(PlatformAPI(url, project_id=project_id, api_token=api_token), **fleet_options)
-    await fleet.refresh()
+    fleet = Fleet(api, **fleet_options)
+    try:
+        await fleet.refresh()
+    except BaseException:
+        await api.close()
+        raise
     return fleet
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl as ssl_module
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ class PlatformAPI:
         instance_id: str | None = None,
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
+        ssl: ssl_module.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.project_id = project_id
@@ -62,6 +64,7 @@ class PlatformAPI:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._own_session = session is None
+        self._ssl = ssl  # https/wss: True verifies with the system CAs, a context with a CA bundle (tunnelnb.tls)
 
     def __repr__(self) -> str:
         return f"PlatformAPI({self.base_url!r}, project_id={self.project_id!r})"
@@ -72,7 +75,9 @@ class PlatformAPI:
         if self._session is None or self._session.closed:
             # No connection cap: every open tunnel WebSocket holds one connection, and a
             # fleet keeps up to 100 (or more) open besides its REST calls.
-            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(limit=0))
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl)
+            )
             self._own_session = True
         return self._session
 

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_platform_auth(p)
     p.add_argument("--max-message-bytes", type=int, default=10_240, help="WebSocket message limit (default 10240)")
     p.add_argument("--token-ttl", type=int, default=86_400, help="tunnel token lifetime in seconds (default 86400)")
+    p.add_argument(
+        "--ak-env",
+        metavar="VAR",
+        help="also accept requests AK/SK-signed (as Huawei Cloud's SDK signs them) with the access key in $VAR",
+    )
+    p.add_argument("--sk-env", metavar="VAR", help="the variable holding that access key's secret (with --ak-env)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate (chain included)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: in --tls-cert)")
     p.add_argument(
@@ -156,6 +162,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--timeout", type=float, default=30.0, help="per-device command timeout in seconds (default 30)")
     p.add_argument("--concurrency", type=int, default=100, help="devices running at once (default 100)")
+    cloud = p.add_argument_group(
+        "Huawei Cloud IoTDA (pip install 'tunnelnb[huaweicloud]'; AK/SK from $HUAWEICLOUD_SDK_AK / _SK, "
+        "project from --project-id or $HUAWEICLOUD_SDK_PROJECT_ID)"
+    )
+    cloud.add_argument("--huaweicloud", action="store_true", help="use IoTDA through the official SDK")
+    cloud.add_argument("--region", help="IoTDA region, e.g. cn-north-4")
+    cloud.add_argument("--endpoint", metavar="URL", help="your instance's application endpoint")
+    cloud.add_argument("--instance-id", help="IoTDA instance id (Instance-Id header)")
+    _add_tls_client(p)
     p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
     _add_log_level(p, default="warning")
 
@@ -267,6 +282,7 @@ def _platform(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             token_ttl=args.token_ttl,
             ssl_context=_server_ssl(args),
+            **_access_key(args),
             mqtt_url=args.mqtt,
             mqtt_ssl=_mqtt_ssl(args),
         )
@@ -299,6 +315,19 @@ def _sim(args: argparse.Namespace) -> int:
 def _add_tls_client(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-bundle", metavar="PEM", help="trust the platform's certificate from this CA bundle")
     p.add_argument("--insecure", action="store_true", help="do not verify the platform's certificate (warns)")
+
+
+def _access_key(args: argparse.Namespace) -> dict[str, str]:
+    """``ak``/``sk`` for the platform, from the variables --ak-env and --sk-env name (never from the line)."""
+    if not args.ak_env and not args.sk_env:
+        return {}
+    if not (args.ak_env and args.sk_env):
+        raise TunnelnbError("--ak-env and --sk-env go together")
+    values = {name: os.environ.get(var) for name, var in (("ak", args.ak_env), ("sk", args.sk_env))}
+    missing = [var for var, value in zip((args.ak_env, args.sk_env), values.values(), strict=True) if not value]
+    if missing:
+        raise TunnelnbError(f"environment variable {missing[0]} is not set")
+    return values  # type: ignore[return-value]
 
 
 def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -41,7 +41,8 @@ Run shell commands on devices behind the secure tunnel, and manage the connectio
 Line magic::
 
   %tunnel connect --embedded [--devices N] [--seed S]   local platform + simulated fleet in this kernel
-  %tunnel connect URL [--project-id P] [--api-token-env VAR]
+  %tunnel connect URL [--project-id P] [--api-token-env VAR] [--ca-bundle PEM]
+  %tunnel connect huaweicloud --region R [--project-id P] [--instance-id I]   AK/SK from $HUAWEICLOUD_SDK_AK/_SK
   %tunnel connect                         $TUNNELNB_URL when set, else --embedded
   %tunnel devices [--refresh]             the inventory table
   %tunnel login TARGETS [--user U] [--password-env VAR]   (prompts when no variable is given)
@@ -187,13 +188,33 @@ class TunnelMagics(Magics):
                 )
                 platform = fleet.embedded[0]  # type: ignore[attr-defined]
                 where = f"embedded platform {platform.base_url} with {devices} simulated devices (seed {seed})"
+            elif args.url == "huaweicloud":
+                if not (args.region or args.endpoint):
+                    raise UsageError("connect huaweicloud needs --region R (or --endpoint URL of your instance)")
+                fleet = runner.run(
+                    tunnelnb.connect(
+                        huaweicloud=args.region or True,
+                        project_id=args.project_id,
+                        instance_id=args.instance_id,
+                        endpoint=args.endpoint,
+                        concurrency=self.concurrency,
+                        **replay,
+                    )
+                )
+                where = f"Huawei Cloud IoTDA {fleet.api.base_url}, project {fleet.api.project_id}, access key ****"
             else:
                 token = os.environ.get(args.api_token_env)
                 if not token:
                     token = _prompt(f"API token for {args.url} (${args.api_token_env} is not set): ")
                 fleet = runner.run(
                     tunnelnb.connect(
-                        args.url, project_id=args.project_id, api_token=token, concurrency=self.concurrency, **replay
+                        args.url,
+                        project_id=args.project_id,
+                        api_token=token,
+                        ca_bundle=args.ca_bundle,
+                        insecure=args.insecure,
+                        concurrency=self.concurrency,
+                        **replay,
                     )
                 )
                 where = f"{args.url}, project {fleet.api.project_id}, token ****"
@@ -522,6 +543,11 @@ _CONNECT.add_argument(
     "--api-token-env", default="TUNNELNB_API_TOKEN", metavar="VAR", help="variable holding the API token"
 )
 _CONNECT.add_argument("-o", "--out", metavar="VAR", help="also store the Fleet in this variable")
+_CONNECT.add_argument("--region", help="connect huaweicloud: the IoTDA region, e.g. cn-north-4")
+_CONNECT.add_argument("--endpoint", metavar="URL", help="connect huaweicloud: your instance's application endpoint")
+_CONNECT.add_argument("--instance-id", help="connect huaweicloud: the IoTDA instance (Instance-Id header)")
+_CONNECT.add_argument("--ca-bundle", metavar="PEM", help="trust an https platform's certificate from this CA bundle")
+_CONNECT.add_argument("--insecure", action="store_true", help="do not verify the platform's certificate (warns)")
 _CONNECT.add_argument("--replay", metavar="PATH", help="play this cassette back instead (no network with --mode none)")
 _CONNECT.add_argument(
     "--cassette",

@@ -57,17 +57,35 @@ def run_command(args: argparse.Namespace, command: str) -> int:
     """Run ``command`` on ``args.targets``; the exit status says whether every device succeeded."""
     from . import connect
 
-    if not args.platform:
-        raise TunnelnbError("no platform URL: pass --platform URL or set $TUNNELNB_URL")
-    api_token = args.api_token or os.environ.get("TUNNELNB_API_TOKEN")
-    if not api_token:
-        raise TunnelnbError("no API token: set $TUNNELNB_API_TOKEN (or pass --api-token)")
+    if args.huaweicloud:
+        if not (args.region or args.endpoint):
+            raise TunnelnbError("--huaweicloud needs --region R (or --endpoint URL of your instance)")
+        where: dict[str, object] = {
+            "huaweicloud": args.region or True,
+            "endpoint": args.endpoint,
+            "instance_id": args.instance_id,
+            # "demo" is the local platform's default project, never a cloud one: let the SDK's variable decide.
+            "project_id": None if args.project_id == "demo" else args.project_id,
+        }
+    else:
+        if not args.platform:
+            raise TunnelnbError("no platform URL: pass --platform URL or set $TUNNELNB_URL")
+        api_token = args.api_token or os.environ.get("TUNNELNB_API_TOKEN")
+        if not api_token:
+            raise TunnelnbError("no API token: set $TUNNELNB_API_TOKEN (or pass --api-token)")
+        where = {
+            "url": args.platform,
+            "project_id": args.project_id,
+            "api_token": api_token,
+            "ca_bundle": args.ca_bundle,
+            "insecure": args.insecure,
+        }
     password = _password(args)
     outcome: dict[str, Results] = {}
     started = time.perf_counter()
 
     async def main() -> None:
-        fleet = await connect(args.platform, project_id=args.project_id, api_token=api_token)
+        fleet = await connect(**where)  # type: ignore[arg-type]
         try:
             ids = fleet.select(args.targets)
             fleet.set_login(ids, args.user, password)
