@@ -9,9 +9,10 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tunnelnb.api import PlatformAPI
 from tunnelnb.platform import Platform
 from tunnelnb.sshserver import ShellServer
 
+TUNNELNB = str(Path(sys.executable).with_name("tunnelnb"))  # the installed console script
 API_TOKEN = "test-api-token-" + secrets.token_hex(4)
 SSH_USER, SSH_PASSWORD = "ops", "ops-pass-" + secrets.token_hex(4)
 
@@ -142,3 +144,44 @@ def openssh() -> Iterator[OpenSSHServer]:
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def platform_and_sim_processes(
+    api_token: str, login_password: str, *, devices: int = 3, platform_args: Sequence[str] = (),
+    platform_env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """``tunnelnb platform`` and a healthy ``tunnelnb sim`` of ``devices`` devices as processes; yields the URL."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(args: list[str], env: dict[str, str]) -> str:
+        proc = subprocess.Popen(
+            [TUNNELNB, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # both print one line once they serve
+        if not first:
+            proc.kill()
+            raise AssertionError(f"tunnelnb {args[0]} did not start: {proc.stderr.read() if proc.stderr else ''}")
+        return first.strip()
+
+    try:
+        url = start(
+            ["platform", "--port", "0", "--log-level", "warning", *platform_args],
+            {"TUNNELNB_API_TOKEN": api_token, **(platform_env or {})},
+        )
+        line = start(
+            ["sim", "--platform", url, "--devices", str(devices), "--misbehaving", "0", "--log-level", "warning"],
+            {"TUNNELNB_API_TOKEN": api_token, "TUNNELNB_LOGIN_PASSWORD": login_password},
+        )
+        assert f"{devices} simulated devices" in line
+        yield url
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()

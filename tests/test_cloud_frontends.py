@@ -11,57 +11,26 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from .conftest import TUNNELNB, platform_and_sim_processes
+
 pytest.importorskip("huaweicloudsdkiotda", reason="pip install 'tunnelnb[huaweicloud]' (in the test extra)")
 
-TUNNELNB = str(Path(sys.executable).with_name("tunnelnb"))
 AK, SK = "AKTEST" + secrets.token_hex(6).upper(), "sk-" + secrets.token_hex(16)
 CLOUD_RUN = [TUNNELNB, "run", "--huaweicloud", "--region", "cn-north-4", "--endpoint"]
 TOKEN, PASSWORD = "cloud-token-" + secrets.token_hex(6), "cloud-pass-" + secrets.token_hex(6)
 
 
-def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [TUNNELNB, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    if not first:
-        proc.kill()
-        raise AssertionError(f"tunnelnb {args[0]} did not start: {proc.stderr.read() if proc.stderr else ''}")
-    return proc, first.strip()
-
-
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    keys = {"TNB_TEST_AK": AK, "TNB_TEST_SK": SK, "TUNNELNB_API_TOKEN": TOKEN}
-    platform, url = _start(
-        ["platform", "--port", "0", "--ak-env", "TNB_TEST_AK", "--sk-env", "TNB_TEST_SK", "--log-level", "warning"],
-        keys,
-    )
-    sim = None
-    try:
-        sim, line = _start(
-            ["sim", "--platform", url, "--devices", "3", "--misbehaving", "0", "--log-level", "warning"],
-            {"TUNNELNB_API_TOKEN": TOKEN, "TUNNELNB_LOGIN_PASSWORD": PASSWORD},
-        )
-        assert "3 simulated devices" in line
+    access_key = ["--ak-env", "TNB_TEST_AK", "--sk-env", "TNB_TEST_SK"]
+    keys = {"TNB_TEST_AK": AK, "TNB_TEST_SK": SK}
+    with platform_and_sim_processes(TOKEN, PASSWORD, platform_args=access_key, platform_env=keys) as url:
         yield url
-    finally:
-        for proc in (sim, platform):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
 
 
 @pytest.fixture

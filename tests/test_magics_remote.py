@@ -2,56 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-TUNNELNB = shutil.which("tunnelnb") or str(Path(sys.executable).with_name("tunnelnb"))
+from .conftest import platform_and_sim_processes
+
 TOKEN = "magic-token-" + secrets.token_hex(8)
 PASSWORD = "magic-pass-" + secrets.token_hex(8)
 
 
-def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [TUNNELNB, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()  # both print one line once they serve
-    if not first:
-        proc.kill()
-        raise AssertionError(f"tunnelnb {args[0]} did not start: {proc.stderr.read() if proc.stderr else ''}")
-    return proc, first.strip()
-
-
 @pytest.fixture(scope="module")
 def remote() -> Iterator[str]:
-    platform, url = _start(
-        ["platform", "--port", "0", "--log-level", "warning"], {"TUNNELNB_API_TOKEN": TOKEN}
-    )
-    sim = None
-    try:
-        sim, line = _start(
-            ["sim", "--platform", url, "--devices", "3", "--misbehaving", "0", "--log-level", "warning"],
-            {"TUNNELNB_API_TOKEN": TOKEN, "TUNNELNB_LOGIN_PASSWORD": PASSWORD},
-        )
-        assert "3 simulated devices" in line
+    with platform_and_sim_processes(TOKEN, PASSWORD) as url:
         yield url
-    finally:
-        for proc in (sim, platform):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
 
 
 def test_connect_to_a_url_login_from_env_and_nothing_secret_is_shown(remote, monkeypatch, capsys):
