@@ -173,3 +173,22 @@ async def test_cli_platform_on_https_and_an_agent_with_a_ca_bundle(certs, tmp_pa
                 assert "Traceback" not in untrusting.stderr
         finally:
             await http.close()
+
+
+async def test_a_simulated_fleet_joins_an_https_platform_with_a_ca_bundle(tls_platform, certs):
+    from tunnelnb.fleet import Fleet
+    from tunnelnb.sim import SimulatedFleet
+
+    ca, _, _ = certs
+    verify = client_ssl(str(ca))
+    sim = SimulatedFleet(
+        tls_platform.base_url, api_token=API_TOKEN, devices=2, seed=3, misbehaving=0, backend="local", ssl=verify
+    )
+    await sim.start()
+    try:
+        api = PlatformAPI(tls_platform.base_url, project_id=tls_platform.project_id, api_token=API_TOKEN, ssl=verify)
+        async with Fleet(api, login=sim.login()) as fleet:
+            res = await fleet.run("hostname", timeout=20)
+            assert list(res.df.stdout) == ["device-01\n", "device-02\n"]
+    finally:
+        await sim.stop()

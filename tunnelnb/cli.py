@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backend", choices=["ssh", "local"], default="ssh", help="ssh: an SSH server per device")
     p.add_argument("--quirks", choices=["none", "c-sdk", "csharp-sdk", "mixed"], default="none")
+    _add_tls_client(p)
     _add_log_level(p)
 
     p = sub.add_parser(
@@ -307,6 +308,7 @@ def _sim(args: argparse.Namespace) -> int:
             backend=args.backend,
             quirks=args.quirks,
             password=os.environ.get("TUNNELNB_LOGIN_PASSWORD"),
+            ssl=_client_ssl(args),
         )
     )
     return 0

@@ -1035,6 +1035,7 @@ class SimulatedFleet:
         sandbox: str = "auto",
         concurrency: int = 64,
         agent_options: dict[str, Any] | None = None,
+        ssl: Any = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -1051,6 +1052,9 @@ class SimulatedFleet:
         self.backend = backend
         self.concurrency = concurrency
         self.agent_options = dict(agent_options or {})
+        # An https platform: True verifies with the system CAs, an SSLContext with a CA bundle (tunnelnb.tls).
+        self.ssl = ssl
+        self.agent_options.setdefault("ssl", ssl)
         if isinstance(devices, int):
             profiles = make_profiles(
                 devices, seed=seed, prefix=prefix, misbehaving=misbehaving, user=user, quirks=quirks
@@ -1412,7 +1416,9 @@ class SimulatedFleet:
 
     async def _register_all(self) -> None:
         sem = asyncio.Semaphore(min(self.concurrency, 32))
-        async with PlatformAPI(self.platform_url, project_id=self.project_id, api_token=self._api_token) as api:
+        async with PlatformAPI(
+            self.platform_url, project_id=self.project_id, api_token=self._api_token, ssl=self.ssl
+        ) as api:
 
             async def register(dev: _SimDevice) -> None:
                 p = dev.profile
