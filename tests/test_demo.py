@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from .test_cli import Proc
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "notebooks/01-quickstart.ipynb"
 TUNNELNB = str(Path(sys.executable).parent / "tunnelnb")  # the installed console script
@@ -126,24 +128,12 @@ def isolated_env(tmp_path: Path, lab_settings: dict[str, dict[str, Any]] | None 
 
 
 @dataclass
-class Demo:
-    popen: subprocess.Popen[bytes]
-    out_path: Path
-    err_path: Path
+class Demo(Proc):
+    """The demo process (its output in two files, as test_cli's processes) and where JupyterLab serves."""
+
     base_url: str = ""  # http://127.0.0.1:PORT
     notebook_path: str = ""  # relative to JupyterLab's root, as in the printed URL
     token: str = ""  # JupyterLab's
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_bytes().decode("utf-8", "replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_bytes().decode("utf-8", "replace")
-
-    def describe(self) -> str:
-        return f"tunnelnb demo (rc={self.popen.poll()})\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
     @property
     def notebook_url(self) -> str:
@@ -189,7 +179,7 @@ def running_demo(tmp_path: Path, lab_settings: dict[str, dict[str, Any]] | None 
             cwd=tmp_path,  # the demo finds the notebook from its package, not from the working directory
             start_new_session=True,  # its own process group, as in a terminal: Ctrl-C goes to the group
         )
-    demo = Demo(popen, out_path, err_path)
+    demo = Demo("tunnelnb demo", popen, out_path, err_path)
     family: dict[int, int] = {}
     try:
         deadline = time.monotonic() + READY

@@ -112,10 +112,7 @@ async def connect(
     api_token = api_token or os.environ.get("TUNNELNB_API_TOKEN")
     if not api_token:
         raise TunnelnbError("no API token: pass api_token=... or set $TUNNELNB_API_TOKEN")
-    try:
-        tls = client_ssl(ca_bundle, insecure=insecure)
-    except ValueError as exc:
-        raise TunnelnbError(str(exc)) from None
+    tls = client_ssl(ca_bundle, insecure=insecure)
     return await _fleet_for(PlatformAPI(url, project_id=project_id, api_token=api_token, ssl=tls), fleet_options)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl as ssl_module
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +26,22 @@ __all__ = ["PlatformAPI", "TunnelGrant"]
 log = logging.getLogger("tunnelnb.api")
 
 #: ListDevices pages hold at most 50 devices on IoTDA.
-_PAGE_LIMIT = 50
+DEVICE_PAGE_LIMIT = 50
+
+
+async def iter_device_pages(
+    fetch_page: Callable[[str | None], Awaitable[dict[str, Any] | None]],
+) -> AsyncIterator[dict[str, Any]]:
+    """The devices of ListDevices' pages, following its ``marker`` (shared by every backend)."""
+    marker: str | None = None
+    while True:
+        page = await fetch_page(marker) or {}
+        devices = page.get("devices") or []
+        for device in devices:
+            yield device
+        marker = (page.get("page") or {}).get("marker")
+        if len(devices) < DEVICE_PAGE_LIMIT or not marker:
+            return
 
 
 @dataclass(frozen=True)
@@ -125,18 +140,15 @@ class PlatformAPI:
 
     async def iter_devices(self) -> AsyncIterator[dict[str, Any]]:
         """Every device of the project, following ListDevices' ``marker`` paging."""
-        marker: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": _PAGE_LIMIT}
+
+        async def page(marker: str | None) -> dict[str, Any]:
+            params: dict[str, Any] = {"limit": DEVICE_PAGE_LIMIT}
             if marker:
                 params["marker"] = marker
-            page = await self._request("GET", "/devices", params=params)
-            devices = page.get("devices") or []
-            for device in devices:
-                yield device
-            marker = (page.get("page") or {}).get("marker")
-            if len(devices) < _PAGE_LIMIT or not marker:
-                return
+            return await self._request("GET", "/devices", params=params)
+
+        async for device in iter_device_pages(page):
+            yield device
 
     async def list_devices(self) -> list[dict[str, Any]]:
         return [d async for d in self.iter_devices()]

@@ -339,28 +339,19 @@ def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.tls_key:
             raise TunnelnbError("--tls-key needs --tls-cert")
         return None
-    try:
-        return server_ssl(args.tls_cert, args.tls_key)
-    except ValueError as exc:
-        raise TunnelnbError(str(exc)) from None
+    return server_ssl(args.tls_cert, args.tls_key)
 
 
 def _mqtt_ssl(args: argparse.Namespace) -> ssl.SSLContext | bool:
     from .tls import client_ssl
 
-    try:
-        return client_ssl(args.mqtt_ca_bundle)
-    except ValueError as exc:
-        raise TunnelnbError(str(exc)) from None
+    return client_ssl(args.mqtt_ca_bundle)
 
 
 def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | bool:
     from .tls import client_ssl
 
-    try:
-        return client_ssl(args.ca_bundle, insecure=args.insecure)
-    except ValueError as exc:
-        raise TunnelnbError(str(exc)) from None
+    return client_ssl(args.ca_bundle, insecure=args.insecure)
 
 
 def _agent(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .api import TunnelGrant
+from .api import DEVICE_PAGE_LIMIT, TunnelGrant, iter_device_pages
 from .errors import PlatformError, PlatformUnreachable, TunnelnbError
 from .signing import mask
 
@@ -62,8 +62,6 @@ ENV_PROJECT_ID = "HUAWEICLOUD_SDK_PROJECT_ID"
 ENV_SECURITY_TOKEN = "HUAWEICLOUD_SDK_SECURITY_TOKEN"
 INSTALL_HINT = "pip install 'tunnelnb[huaweicloud]'"
 
-#: ListDevices pages hold at most 50 devices on IoTDA.
-_PAGE_LIMIT = 50
 #: A region id inside an endpoint's host name, e.g. ``…iotda-app.cn-north-4.myhuaweicloud.com``.
 _REGION_IN_HOST = re.compile(r"\.([a-z]{2,}-[a-z]+-\d{1,2})\.")
 #: The SDK client's logger: without a handler of its own, Python's last-resort handler
@@ -311,16 +309,13 @@ class HuaweiCloudAPI:
     async def iter_devices(self) -> AsyncIterator[dict[str, Any]]:
         """Every device of the project, following ListDevices' ``marker`` paging."""
         model = self._sdk["model"]
-        marker: str | None = None
-        while True:
-            request = model.ListDevicesRequest(instance_id=self.instance_id, limit=_PAGE_LIMIT, marker=marker)
-            page = await self._call("list_devices", request) or {}
-            devices = page.get("devices") or []
-            for device in devices:
-                yield device
-            marker = (page.get("page") or {}).get("marker")
-            if len(devices) < _PAGE_LIMIT or not marker:
-                return
+
+        async def page(marker: str | None) -> dict[str, Any] | None:
+            request = model.ListDevicesRequest(instance_id=self.instance_id, limit=DEVICE_PAGE_LIMIT, marker=marker)
+            return await self._call("list_devices", request)
+
+        async for device in iter_device_pages(page):
+            yield device
 
     async def list_devices(self) -> list[dict[str, Any]]:
         return [d async for d in self.iter_devices()]

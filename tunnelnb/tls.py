@@ -11,9 +11,15 @@ import logging
 import ssl
 import warnings
 
-__all__ = ["InsecureTLSWarning", "client_ssl", "server_ssl"]
+from .errors import TunnelnbError
+
+__all__ = ["InsecureTLSWarning", "TLSConfigError", "client_ssl", "server_ssl"]
 
 log = logging.getLogger("tunnelnb.tls")
+
+
+class TLSConfigError(TunnelnbError, ValueError):
+    """A certificate, key or CA bundle that cannot be loaded."""
 
 
 class InsecureTLSWarning(UserWarning):
@@ -27,7 +33,7 @@ def server_ssl(cert_file: str, key_file: str | None = None) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS certificate {cert_file}: {exc}") from None
+        raise TLSConfigError(f"cannot load the TLS certificate {cert_file}: {exc}") from None
     return context
 
 
@@ -46,4 +52,4 @@ def client_ssl(ca_bundle: str | None = None, *, insecure: bool = False) -> ssl.S
     try:
         return ssl.create_default_context(cafile=ca_bundle)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the CA bundle {ca_bundle}: {exc}") from None
+        raise TLSConfigError(f"cannot load the CA bundle {ca_bundle}: {exc}") from None
