@@ -3,8 +3,8 @@
     .venv/bin/python bench/fanout.py [--sizes 10,100,1000] [--repeats 3] [--json PATH] [--profile]
                                      [--pssh-python PATH] [--variants ...] [--no-extra]
 
-For each N, one **devices** process runs a local :class:`~tunnelnb.platform.Platform` and a
-:class:`~tunnelnb.sim.SimulatedFleet` of N devices with ``backend="ssh"`` (per device an
+For each N, one **devices** process runs a local :class:`~tunnelnb.server.platform.Platform` and a
+:class:`~tunnelnb.sim.fleet.SimulatedFleet` of N devices with ``backend="ssh"`` (per device an
 agent and an embedded SSH server in front of a sandboxed ``/bin/sh``) and
 ``misbehaving=0``: every device is healthy, none is slow, flaky or offline.  Each
 device's sandbox is built (its launcher run once) before any client logs in, so no
@@ -23,7 +23,7 @@ after the other:
   (its sandbox launcher, a Python program, then ``sh -c``).
 * ``asyncssh-shell`` (a reference, not what users write): the same connections, each
   with one interactive PTY shell, as tunnelnb's agent keeps, into which the commands are
-  typed with tunnelnb's framing (:mod:`tunnelnb.shell`).  Same work on the devices as
+  typed with tunnelnb's framing (:mod:`tunnelnb.protocol.shell`).  Same work on the devices as
   tunnelnb minus platform, agent and WebSockets: the floor for tunnelnb's fan-out.
 * ``pssh``: parallel-ssh's ``ParallelSSHClient`` (libssh2 via ssh2-python, gevent) with
   its default ``pool_size=100``: ``connect_auth()`` ("login"), then ``run_command`` +
@@ -76,7 +76,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing (and under --pssh-python)
 
-from tunnelnb.oslimits import raise_open_files_limit  # noqa: E402 - standard library only
+from tunnelnb.server.oslimits import raise_open_files_limit  # noqa: E402 - standard library only
 
 # Nothing above imports more than the standard library: the parallel-ssh client runs this
 # file under another interpreter (--pssh-python) that may have neither tunnelnb nor its deps.
@@ -281,8 +281,8 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
     import asyncio
     import cProfile
 
-    from tunnelnb.platform import Platform
-    from tunnelnb.sim import SimulatedFleet
+    from tunnelnb.server.platform import Platform
+    from tunnelnb.sim.fleet import SimulatedFleet
 
     digest = _LogDigest("devices")
     digest.install()
@@ -599,7 +599,7 @@ def _shell_session_class() -> type:
 
     import asyncssh
 
-    from tunnelnb.shell import CommandParser, Finished, Output, TerminalText, command_script, new_marker_id
+    from tunnelnb.protocol.shell import CommandParser, Finished, Output, TerminalText, command_script, new_marker_id
 
     class ShellSession(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         """One interactive PTY shell; commands typed with tunnelnb's markers, output parsed like tunnelnb."""
@@ -660,7 +660,7 @@ class _AsyncsshShellClient(_AsyncsshClient):
     async def _after_login(self) -> None:
         import asyncio
 
-        from tunnelnb.shell import setup_script
+        from tunnelnb.protocol.shell import setup_script
 
         cls = _shell_session_class()
 
@@ -701,7 +701,7 @@ async def _async_client(variant: str, config: dict[str, Any], out: Any) -> int:
     digest.install()
     client: Any
     if variant in ("tunnelnb", "tunnelnb-default"):
-        import tunnelnb.fleet  # imported here, so the idle RSS counts pandas and aiohttp
+        import tunnelnb.fleet.fleet  # imported here, so the idle RSS counts pandas and aiohttp
 
         client = _TunnelnbClient(config, variant)
     elif variant == "asyncssh":
@@ -711,7 +711,7 @@ async def _async_client(variant: str, config: dict[str, Any], out: Any) -> int:
     elif variant == "asyncssh-shell":
         import asyncssh  # noqa: F401
 
-        import tunnelnb.shell  # noqa: F401
+        import tunnelnb.protocol.shell  # noqa: F401
 
         client = _AsyncsshShellClient(config)
     else:

@@ -64,12 +64,12 @@ import aiohttp
 import asyncssh
 from aiohttp import WSMsgType, web
 
-from tunnelnb.agent import QUIRKS, Agent
-from tunnelnb.api import PlatformAPI
-from tunnelnb.client import DeviceSession
-from tunnelnb.platform import Platform, Side
-from tunnelnb.shell import command_script, new_marker_id, setup_script
-from tunnelnb.sshserver import ShellServer
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.client.session import DeviceSession
+from tunnelnb.protocol.shell import command_script, new_marker_id, setup_script
+from tunnelnb.server.agent import QUIRKS, Agent
+from tunnelnb.server.platform import Platform, Side
+from tunnelnb.server.sshserver import ShellServer
 
 LATENCY_TARGET = 3.0  # tunnelnb round trip ≤ 3x the floor's
 THROUGHPUT_TARGET = 0.50  # tunnelnb throughput ≥ 50 % of the floor's

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tunnelnb.agent import Agent
-from tunnelnb.api import PlatformAPI
-from tunnelnb.platform import Platform
-from tunnelnb.sshserver import ShellServer
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.server.agent import Agent
+from tunnelnb.server.platform import Platform
+from tunnelnb.server.sshserver import ShellServer
 
 TUNNELNB = str(Path(sys.executable).with_name("tunnelnb"))  # the installed console script
 API_TOKEN = "test-api-token-" + secrets.token_hex(4)

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp import WSMsgType, web
 
-from tunnelnb.agent import Agent, DeviceAuthError, c_sdk_json_size
-from tunnelnb.devicelink import (
+from tunnelnb.errors import DeviceAuthError, PlatformUnreachable
+from tunnelnb.protocol.devicelink import (
     LINK_PATH,
     PASSWORD_HEADER,
     TIMESTAMP_HEADER,
@@ -28,10 +28,10 @@ from tunnelnb.devicelink import (
     link_timestamp,
     tunnel_notify,
 )
-from tunnelnb.errors import PlatformUnreachable
-from tunnelnb.protocol import SSH_IDLE_REQUEST_ID, Frame, Op, Status, decode_frame, encode_frame
-from tunnelnb.shell import CommandParser, Finished, Output, TerminalText, command_script, setup_script
-from tunnelnb.sshserver import ShellServer
+from tunnelnb.protocol.frames import SSH_IDLE_REQUEST_ID, Frame, Op, Status, decode_frame, encode_frame
+from tunnelnb.protocol.shell import CommandParser, Finished, Output, TerminalText, command_script, setup_script
+from tunnelnb.server.agent import Agent, c_sdk_json_size
+from tunnelnb.server.sshserver import ShellServer
 
 DEVICE_ID = "dev-1"
 SECRET = "device-secret"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelnb.ansi import DEFAULT_BACKGROUND, DEFAULT_FOREGROUND, PALETTE, TerminalScreen
+from tunnelnb.notebook.ansi import DEFAULT_BACKGROUND, DEFAULT_FOREGROUND, PALETTE, TerminalScreen
 
 ESC = "\x1b"
 

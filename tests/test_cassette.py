@@ -27,21 +27,13 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import tunnelnb
-from tunnelnb import shell as shell_module
-from tunnelnb import transport as transport_module
-from tunnelnb.api import PlatformAPI
-from tunnelnb.cassette import (
-    SUFFIX,
-    Cassette,
-    CassetteError,
-    CassetteMismatch,
-    Masker,
-    command_of,
-    scan,
-)
-from tunnelnb.errors import TunnelnbError
-from tunnelnb.shell import command_script, setup_script
-from tunnelnb.sim import _device_secret
+from tunnelnb.cassette.file import SUFFIX, Cassette, Masker, command_of, scan
+from tunnelnb.client import transport as transport_module
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.errors import CassetteError, CassetteMismatch, TunnelnbError
+from tunnelnb.protocol import shell as shell_module
+from tunnelnb.protocol.shell import command_script, setup_script
+from tunnelnb.sim.fleet import _device_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES, SEED = 20, 1  # device-16 offline, device-17 wrong_password

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tunnelnb.api import PlatformAPI, TunnelGrant
-from tunnelnb.client import DeviceSession, ResultStatus
+from tunnelnb.client.api import PlatformAPI, TunnelGrant
+from tunnelnb.client.session import DeviceSession, ResultStatus
 from tunnelnb.errors import PlatformError
-from tunnelnb.platform import Platform
+from tunnelnb.server.platform import Platform
 
 PYTHON = sys.executable
 TUNNELNB = str(Path(sys.executable).parent / "tunnelnb")  # the installed console script

@@ -1,4 +1,4 @@
-"""The Huawei Cloud backend (tunnelnb.cloud) and AK/SK signing on the local platform, on loopback.
+"""The Huawei Cloud backend (tunnelnb.client.cloud) and AK/SK signing on the local platform, on loopback.
 
 The official SDK (``huaweicloudsdkiotda``'s ``IoTDAClient``) runs unmodified
 against a real local platform started with an access key pair, through a custom
@@ -29,11 +29,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tunnelnb import signing
-from tunnelnb.api import PlatformAPI, TunnelGrant
+from tunnelnb.client.api import PlatformAPI, TunnelGrant
 from tunnelnb.errors import PlatformError, PlatformUnreachable, TunnelnbError
-from tunnelnb.fleet import Fleet
-from tunnelnb.platform import ErrorCode, Platform
+from tunnelnb.fleet.fleet import Fleet
+from tunnelnb.protocol import signing
+from tunnelnb.server.platform import ErrorCode, Platform
 
 from .conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
 
@@ -45,14 +45,8 @@ try:
     from huaweicloudsdkiotda.v5 import model
     from huaweicloudsdkiotda.v5.iotda_client import IoTDAClient
 
-    from tunnelnb.cloud import (
-        ENV_AK,
-        ENV_PROJECT_ID,
-        ENV_SK,
-        HuaweiCloudAPI,
-        HuaweiCloudSDKMissing,
-        cloud_api_from_env,
-    )
+    from tunnelnb.client.cloud import ENV_AK, ENV_PROJECT_ID, ENV_SK, HuaweiCloudAPI, cloud_api_from_env
+    from tunnelnb.errors import HuaweiCloudSDKMissing
 except ImportError:  # pragma: no cover - tunnelnb[test] installs the SDK
     IoTDAClient = None
 
@@ -486,7 +480,8 @@ def test_missing_sdk_says_how_to_install(monkeypatch):
 
 def test_importing_tunnelnb_does_not_import_the_sdk():
     code = (
-        "import sys, tunnelnb, tunnelnb.cloud, tunnelnb.platform, tunnelnb.signing, tunnelnb.fleet\n"
+        "import sys, tunnelnb, tunnelnb.client.cloud, tunnelnb.server.platform\n"
+        "import tunnelnb.protocol.signing, tunnelnb.fleet.fleet\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('huaweicloudsdk'))\n"
         "assert not loaded, loaded\n"
     )

@@ -320,7 +320,7 @@ def test_demo_with_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -> No
 def test_a_child_that_ignores_sigterm_is_killed_with_what_it_left_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tunnelnb.demo import start_child, stop_child
+    from tunnelnb.cli.demo import start_child, stop_child
 
     # A shell that ignores SIGTERM, with a child in a session of its own (as kernels and device shells are).
     script = "trap '' TERM; setsid sleep 300 & echo started; wait"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tunnelnb.agent import Agent
-from tunnelnb.api import PlatformAPI
-from tunnelnb.client import DeviceOffline, DeviceSession, ResultStatus
-from tunnelnb.errors import AuthFailed, LoginError, TunnelnbError
-from tunnelnb.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.client.session import DeviceSession, ResultStatus
+from tunnelnb.errors import AuthFailed, DeviceOffline, LoginError, TunnelnbError
+from tunnelnb.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES
+from tunnelnb.server.agent import Agent
 
 from .conftest import SSH_PASSWORD, SSH_USER, Devices, OpenSSHServer
 

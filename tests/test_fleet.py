@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from tunnelnb.client import DeviceSession
-from tunnelnb.fleet import Fleet, FleetSizeWarning
-from tunnelnb.sshserver import ShellServer
-from tunnelnb.targets import UnknownTargets
+from tunnelnb.client.session import DeviceSession
+from tunnelnb.errors import FleetSizeWarning, UnknownTargets
+from tunnelnb.fleet.fleet import Fleet
+from tunnelnb.server.sshserver import ShellServer
 
 from .conftest import SSH_PASSWORD, SSH_USER, Devices
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tunnelnb.api import PlatformAPI
-from tunnelnb.fleet import Fleet
-from tunnelnb.platform import Platform
-from tunnelnb.sim import SimulatedFleet
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.fleet.fleet import Fleet
+from tunnelnb.server.platform import Platform
+from tunnelnb.sim.fleet import SimulatedFleet
 
 from .conftest import API_TOKEN
 

@@ -195,7 +195,7 @@ def test_shell_terminal_and_picker_in_the_kernel(kernel: Kernel):
     kernel.ok("import asyncio\nrow = await asyncio.wrap_future(term.submit('echo from-terminal'))")
     assert kernel.value("row.status") == repr("ok")
     assert "from-terminal" in kernel.value("term.screen.text")
-    kernel.ok("from tunnelnb.widgets import DevicePicker\npicker = DevicePicker(fleet)\npicker.select_all()")
+    kernel.ok("from tunnelnb.notebook.widgets import DevicePicker\npicker = DevicePicker(fleet)\npicker.select_all()")
     kernel.ok("picker.children")  # it renders
     reply = kernel.ok("%%tunnel $picker.value --no-stream -o picked\necho picked")
     assert kernel.value("list(picked.df.device_id)") == repr([f"device-0{i}" for i in range(1, DEVICES + 1)])

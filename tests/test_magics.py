@@ -1,7 +1,7 @@
 """The %tunnel magics through a real InteractiveShell, on an embedded fleet (real platform, agents, shells).
 
 Outside a kernel the magics run the fleet on a loop thread of their own
-(:class:`tunnelnb.runner.ThreadLoopRunner`), as terminal IPython does.
+(:class:`tunnelnb.fleet.runner.ThreadLoopRunner`), as terminal IPython does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from tunnelnb.results import Results
+from tunnelnb.fleet.results import Results
 
 SEED, DEVICES = 6, 6  # device-06 is offline with this seed; the others are healthy
 

@@ -2,7 +2,7 @@
 
 The agent logs in to the broker with IoTDA's device credentials, the local
 platform publishes ``tunnel_notify`` to ``$oc/devices/{device_id}/sys/events/down``,
-and a command runs end to end through :class:`tunnelnb.client.DeviceSession`.
+and a command runs end to end through :class:`tunnelnb.client.session.DeviceSession`.
 Each test starts its own broker (a generated config, a free port), so retained
 presence messages never leak between tests.
 """
@@ -28,12 +28,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tunnelnb.agent import Agent, DeviceAuthError
-from tunnelnb.api import PlatformAPI
-from tunnelnb.client import DeviceSession, ResultStatus
-from tunnelnb.errors import PlatformError, PlatformUnreachable
-from tunnelnb.mqtt import (
-    BrokerAuthError,
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.client.session import DeviceSession, ResultStatus
+from tunnelnb.errors import BrokerAuthError, DeviceAuthError, PlatformError, PlatformUnreachable, ProtocolError
+from tunnelnb.server.agent import Agent
+from tunnelnb.server.mqtt import (
     BrokerUnreachable,
     MqttCredentials,
     Presence,
@@ -45,8 +44,7 @@ from tunnelnb.mqtt import (
     presence_message,
     verify_presence,
 )
-from tunnelnb.platform import Platform
-from tunnelnb.protocol import ProtocolError
+from tunnelnb.server.platform import Platform
 
 from .conftest import SSH_PASSWORD, SSH_USER
 
@@ -130,13 +128,13 @@ def test_importing_tunnelnb_does_not_need_aiomqtt() -> None:
     script = """
 import asyncio, sys
 sys.modules["aiomqtt"] = None  # as if it were not installed
-import tunnelnb, tunnelnb.agent, tunnelnb.platform, tunnelnb.mqtt
+import tunnelnb, tunnelnb.server.agent, tunnelnb.server.platform, tunnelnb.server.mqtt
 assert "paho" not in sys.modules and "paho.mqtt" not in sys.modules
-print(tunnelnb.mqtt.device_credentials("d", "s").username)
+print(tunnelnb.server.mqtt.device_credentials("d", "s").username)
 from tunnelnb.errors import TunnelnbError
 async def main():
-    for make in (lambda: tunnelnb.agent.Agent("", "d", "s", mqtt_url="mqtt://127.0.0.1:9"),
-                 lambda: tunnelnb.platform.Platform(mqtt_url="mqtt://127.0.0.1:9")):
+    for make in (lambda: tunnelnb.server.agent.Agent("", "d", "s", mqtt_url="mqtt://127.0.0.1:9"),
+                 lambda: tunnelnb.server.platform.Platform(mqtt_url="mqtt://127.0.0.1:9")):
         try:
             await make().start()
         except TunnelnbError as exc:
@@ -453,7 +451,7 @@ async def test_a_restarted_agent_is_notified_again_of_the_open_tunnel(broker: Mo
 async def test_a_crashed_agent_goes_offline_through_its_will(broker: Mosquitto, ssh_server) -> None:
     script = """
 import asyncio, sys
-from tunnelnb.agent import Agent
+from tunnelnb.server.agent import Agent
 async def main():
     agent = Agent("", "dev-6", "dev-6-secret", mqtt_url=sys.argv[1], heartbeat=None)
     await agent.start()
@@ -582,7 +580,7 @@ async def test_cli_platform_and_agent_over_mqtt(broker: Mosquitto, tmp_path: Pat
     import os
     import re
 
-    from tunnelnb.client import DeviceSession
+    from tunnelnb.client.session import DeviceSession
 
     from .test_cli import TUNNELNB, spawn
 

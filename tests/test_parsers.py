@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from tunnelnb.client import CommandResult, ResultStatus
-from tunnelnb.errors import TunnelnbError
-from tunnelnb.parsers import FORMATS, ParseError, make_parser, parse_output, parse_results
+from tunnelnb.client.session import CommandResult, ResultStatus
+from tunnelnb.errors import ParseError, TunnelnbError
+from tunnelnb.fleet.parsers import FORMATS, make_parser, parse_output, parse_results
 
 # -- samples (captured on Debian 12 machines and a Raspberry Pi OS gateway) ------
 

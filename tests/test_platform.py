@@ -23,7 +23,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from tunnelnb.devicelink import (
+from tunnelnb.errors import PlatformError
+from tunnelnb.protocol.devicelink import (
     LINK_PATH,
     PASSWORD_HEADER,
     TIMESTAMP_HEADER,
@@ -32,9 +33,8 @@ from tunnelnb.devicelink import (
     link_timestamp,
     parse_event,
 )
-from tunnelnb.errors import PlatformError
-from tunnelnb.platform import ErrorCode, Platform, serve
-from tunnelnb.protocol import Frame, Op, Status, decode_frame, encode_frame
+from tunnelnb.protocol.frames import Frame, Op, Status, decode_frame, encode_frame
+from tunnelnb.server.platform import ErrorCode, Platform, serve
 
 TOKEN = "test-api-token-1234"
 SECRET = "device-secret-5678"

@@ -1,4 +1,4 @@
-"""Exhaustive tests of the sans-I/O Secure Tunnel frame layer (tunnelnb.protocol).
+"""Exhaustive tests of the sans-I/O Secure Tunnel frame layer (tunnelnb.protocol.frames).
 
 Modelled on h11/wsproto: every frame that should round-trip does (hypothesis), every
 malformed input raises ProtocolError with a message naming the problem, and what real
@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from tunnelnb.protocol import (
+from tunnelnb.errors import ProtocolError
+from tunnelnb.protocol.frames import (
     DEFAULT_MAX_MESSAGE_BYTES,
     SERVICE_TYPE,
     SSH_IDLE_REQUEST_ID,
     Frame,
     Op,
-    ProtocolError,
     RequestIds,
     Status,
     chunk_text,

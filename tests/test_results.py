@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelnb.client import CommandResult, ResultStatus
-from tunnelnb.parsers import parse_results
-from tunnelnb.results import COLUMNS, Results, normalise_output
+from tunnelnb.client.session import CommandResult, ResultStatus
+from tunnelnb.fleet.parsers import parse_results
+from tunnelnb.fleet.results import COLUMNS, Results, normalise_output
 
 T0 = datetime(2024, 5, 1, 9, 41, 0, tzinfo=UTC)
 STR_DTYPE = pd.Series(["x"], dtype=str).dtype  # pandas' default string dtype (object in 2.x, str in 3.x)

@@ -1,4 +1,4 @@
-"""Exhaustive tests of shell framing over a raw PTY stream (tunnelnb.shell, DESIGN §3).
+"""Exhaustive tests of shell framing over a raw PTY stream (tunnelnb.protocol.shell, DESIGN §3).
 
 TerminalText (decode, normalise, strip escapes; incrementally), CommandParser (find a
 command's output and exit code between its markers) and command_script / setup_script
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from tunnelnb.protocol import Frame, Op, chunk_text, decode_frame, encode_frame
-from tunnelnb.shell import (
+from tunnelnb.protocol.frames import Frame, Op, chunk_text, decode_frame, encode_frame
+from tunnelnb.protocol.shell import (
     MAX_TYPED_LINE,
     CommandParser,
     Finished,

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnelnb.protocol import Frame, Op, RequestIds, chunk_text, decode_frame, encode_frame
-from tunnelnb.shell import (
+from tunnelnb.protocol.frames import Frame, Op, RequestIds, chunk_text, decode_frame, encode_frame
+from tunnelnb.protocol.shell import (
     CommandParser,
     Output,
     TerminalText,

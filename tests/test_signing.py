@@ -1,4 +1,4 @@
-"""AK/SK signing (tunnelnb.signing), without sockets: canonical forms, known answers, every refusal.
+"""AK/SK signing (tunnelnb.protocol.signing), without sockets: canonical forms, known answers, every refusal.
 
 The known-answer signatures were computed by the official ``huaweicloudsdkcore``
 signer; when the SDK is installed, property tests also compare the two on
@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunnelnb import signing
-from tunnelnb.signing import Reason, SignatureError
+from tunnelnb.errors import SignatureError
+from tunnelnb.protocol import signing
+from tunnelnb.protocol.signing import Reason
 
 AK = "EXAMPLEAK0123456789"
 SK = "exampleSK/0123456789+abcdefghijKLMNOP"

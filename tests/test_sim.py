@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tunnelnb.api import PlatformAPI
-from tunnelnb.client import DeviceOffline, DeviceSession, ResultStatus
-from tunnelnb.errors import AuthFailed
-from tunnelnb.platform import Platform
-from tunnelnb.sim import (
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.client.session import DeviceSession, ResultStatus
+from tunnelnb.errors import AuthFailed, DeviceOffline
+from tunnelnb.server.platform import Platform
+from tunnelnb.sim.fleet import (
     MISBEHAVIOURS,
     DeviceProfile,
     SimulatedFleet,
@@ -491,7 +491,7 @@ asyncio.run(main())
 def test_a_process_that_exits_without_stop_still_cleans_up_and_stale_roots_are_swept(tmp_path: Path):
     import sys
 
-    from tunnelnb.sim import _attached_loops
+    from tunnelnb.sim.fleet import _attached_loops
 
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     first = subprocess.run(

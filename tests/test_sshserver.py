@@ -9,7 +9,7 @@ import time
 import asyncssh
 import pytest
 
-from tunnelnb.sshserver import PtyProcess, ShellServer
+from tunnelnb.server.sshserver import PtyProcess, ShellServer
 
 USERS = {"ops": "s3cret", "root": "toor"}
 

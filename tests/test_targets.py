@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelnb.errors import TunnelnbError
-from tunnelnb.targets import MAX_EXPANSION, TargetError, UnknownTargets, expand_ranges, select_targets, split_terms
+from tunnelnb.errors import TargetError, TunnelnbError, UnknownTargets
+from tunnelnb.fleet.targets import MAX_EXPANSION, expand_ranges, select_targets, split_terms
 
 
 def device(n: int, *, role: str = "core", fw: str = "2.1", status: str = "ONLINE", **tags: str) -> dict:

@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tunnelnb.agent import Agent
-from tunnelnb.api import PlatformAPI
-from tunnelnb.client import DeviceSession
-from tunnelnb.errors import PlatformUnreachable
-from tunnelnb.platform import Platform
-from tunnelnb.tls import InsecureTLSWarning, client_ssl, server_ssl
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.client.session import DeviceSession
+from tunnelnb.errors import InsecureTLSWarning, PlatformUnreachable
+from tunnelnb.server.agent import Agent
+from tunnelnb.server.platform import Platform
+from tunnelnb.tls import client_ssl, server_ssl
 
 from .conftest import SSH_PASSWORD, SSH_USER
 
@@ -176,8 +176,8 @@ async def test_cli_platform_on_https_and_an_agent_with_a_ca_bundle(certs, tmp_pa
 
 
 async def test_a_simulated_fleet_joins_an_https_platform_with_a_ca_bundle(tls_platform, certs):
-    from tunnelnb.fleet import Fleet
-    from tunnelnb.sim import SimulatedFleet
+    from tunnelnb.fleet.fleet import Fleet
+    from tunnelnb.sim.fleet import SimulatedFleet
 
     ca, _, _ = certs
     verify = client_ssl(str(ca))

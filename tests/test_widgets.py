@@ -10,15 +10,15 @@ from collections.abc import Callable
 import pytest
 from IPython.utils.text import DollarFormatter
 
-from tunnelnb.agent import Agent
-from tunnelnb.ansi import PALETTE
-from tunnelnb.api import PlatformAPI
-from tunnelnb.fleet import Fleet
-from tunnelnb.results import _STATUS_COLOURS
-from tunnelnb.runner import ThreadLoopRunner
-from tunnelnb.sshserver import ShellServer
-from tunnelnb.targets import UnknownTargets
-from tunnelnb.widgets import ANY_TAG, DevicePicker, FleetDashboard, Targets, Terminal
+from tunnelnb.client.api import PlatformAPI
+from tunnelnb.errors import UnknownTargets
+from tunnelnb.fleet.fleet import Fleet
+from tunnelnb.fleet.results import _STATUS_COLOURS
+from tunnelnb.fleet.runner import ThreadLoopRunner
+from tunnelnb.notebook.ansi import PALETTE
+from tunnelnb.notebook.widgets import ANY_TAG, DevicePicker, FleetDashboard, Targets, Terminal
+from tunnelnb.server.agent import Agent
+from tunnelnb.server.sshserver import ShellServer
 
 from .conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
 

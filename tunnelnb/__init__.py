@@ -20,7 +20,7 @@ __all__ = ["__version__", "connect", "connect_sync", "load_ipython_extension", "
 logging.getLogger("tunnelnb").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
-    from .fleet import Fleet
+    from .fleet.fleet import Fleet
 
 
 async def connect(
@@ -40,7 +40,7 @@ async def connect(
     insecure: bool = False,
     **fleet_options: Any,
 ) -> Fleet:
-    """A :class:`~tunnelnb.fleet.Fleet` for a platform at ``url``, or an embedded one.
+    """A :class:`~tunnelnb.fleet.fleet.Fleet` for a platform at ``url``, or an embedded one.
 
     ``embedded=True`` starts a local platform and a simulated fleet of ``devices``
     devices (seeded by ``seed``) in this process; the fleet then knows their login.
@@ -48,7 +48,7 @@ async def connect(
     ``$TUNNELNB_PROJECT_ID`` and ``$TUNNELNB_API_TOKEN``; the devices' default
     login to ``$TUNNELNB_LOGIN_USER`` / ``$TUNNELNB_LOGIN_PASSWORD`` when set.
 
-    ``replay=PATH`` plays a cassette back (:mod:`tunnelnb.replay`): with ``mode="none"``
+    ``replay=PATH`` plays a cassette back (:mod:`tunnelnb.cassette.replay`): with ``mode="none"``
     (the default) without any network; ``"new_episodes"`` runs what the cassette lacks
     on the platform the other arguments name and appends it; ``"all"`` records anew.
 
@@ -62,7 +62,7 @@ async def connect(
     from .errors import TunnelnbError
 
     if replay is not None:
-        from .replay import connect_replay
+        from .cassette.replay import connect_replay
 
         async def live() -> Fleet:
             return await connect(
@@ -76,19 +76,19 @@ async def connect(
     if mode != "none":
         raise TunnelnbError(f"mode={mode!r} is a cassette mode: give the cassette too, replay=PATH")
 
-    from .api import PlatformAPI
-    from .fleet import Fleet
+    from .client.api import PlatformAPI
+    from .fleet.fleet import Fleet
     from .tls import client_ssl
 
     if huaweicloud:
-        from .cloud import cloud_api_from_env
+        from .client.cloud import cloud_api_from_env
 
         region = huaweicloud if isinstance(huaweicloud, str) else None
         api = cloud_api_from_env(region=region, project_id=project_id, instance_id=instance_id, endpoint=endpoint)
         return await _fleet_for(api, fleet_options)
     if embedded:
-        from .platform import Platform
-        from .sim import SimulatedFleet
+        from .server.platform import Platform
+        from .sim.fleet import SimulatedFleet
 
         platform = Platform(project_id=project_id or "demo")
         await platform.start()
@@ -118,7 +118,7 @@ async def connect(
 
 async def _fleet_for(api: Any, fleet_options: dict[str, Any]) -> Fleet:
     """A fleet on ``api`` with its inventory read; the API's connections are closed if that fails."""
-    from .fleet import Fleet
+    from .fleet.fleet import Fleet
 
     if "login" not in fleet_options and os.environ.get("TUNNELNB_LOGIN_PASSWORD"):
         import getpass
@@ -135,20 +135,20 @@ async def _fleet_for(api: Any, fleet_options: dict[str, Any]) -> Fleet:
 
 
 def connect_sync(url: str | None = None, **kwargs: Any) -> Any:
-    """:func:`connect` for scripts: a :class:`~tunnelnb.sync.SyncFleet` whose methods block."""
-    from .sync import connect_sync as _connect_sync
+    """:func:`connect` for scripts: a :class:`~tunnelnb.fleet.blocking.SyncFleet` whose methods block."""
+    from .fleet.blocking import connect_sync as _connect_sync
 
     return _connect_sync(url, **kwargs)
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext tunnelnb``: registers the ``%tunnel`` / ``%%tunnel`` magics."""
-    from .magics import load_ipython_extension as load
+    from .notebook.magics import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from .magics import unload_ipython_extension as unload
+    from .notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)

@@ -1,5 +1,5 @@
 """``python -m tunnelnb`` is the ``tunnelnb`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

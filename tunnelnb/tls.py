@@ -11,19 +11,11 @@ import logging
 import ssl
 import warnings
 
-from .errors import TunnelnbError
+from .errors import InsecureTLSWarning, TLSConfigError
 
-__all__ = ["InsecureTLSWarning", "TLSConfigError", "client_ssl", "server_ssl"]
+__all__ = [ "client_ssl", "server_ssl"]
 
 log = logging.getLogger("tunnelnb.tls")
-
-
-class TLSConfigError(TunnelnbError, ValueError):
-    """A certificate, key or CA bundle that cannot be loaded."""
-
-
-class InsecureTLSWarning(UserWarning):
-    """Certificates are not being checked: anyone in between can read the tunnel."""
 
 
 def server_ssl(cert_file: str, key_file: str | None = None) -> ssl.SSLContext:

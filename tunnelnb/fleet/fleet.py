@@ -1,0 +1,485 @@
+"""Many devices, one table: fan a command out over device sessions.
+
+:class:`Fleet` keeps one :class:`~tunnelnb.client.session.DeviceSession` per device
+(tunnel opened and login done once, reused across runs), at most
+``max_sessions`` of them at a time (IoTDA lets 100 devices be logged in at once
+per instance; the least recently used idle session makes room for the next),
+and runs commands on up to ``concurrency`` devices at once.  Every device gets
+a row whatever happens: failures are rows, never exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import itertools
+import logging
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ..cassette.file import PASSWORD_PLACEHOLDER, RUNNING_COMMAND
+from ..client.api import PlatformAPI
+from ..client.clock import clock_for
+from ..client.session import CommandResult, DeviceSession, ResultStatus
+from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, RunAborted, TunnelnbError
+from .results import Results
+from .targets import select_targets
+
+if TYPE_CHECKING:
+    from ..cassette.replay import Recording
+
+__all__ = ["DEFAULT_MAX_SESSIONS", "Fleet"]
+
+log = logging.getLogger("tunnelnb.fleet.fleet")
+
+#: IoTDA allows at most 100 devices logged in at once per instance.
+DEFAULT_MAX_SESSIONS = 100
+
+
+OutputCallback = Callable[[str, str], None]
+ResultCallback = Callable[[CommandResult], None]
+
+_STATUS_COLUMNS = [
+    "device_id", "online", "tunnel", "logged_in", "running", "last_status", "last_exit_code", "last_duration_s"
+]
+_INVENTORY_COLUMNS = ["device_id", "status", "device_name", "product_id", "fw_version", "sw_version", "tags"]
+
+
+class Fleet:
+    """The devices of one platform project, ready for commands.
+
+    ``login`` is the default ``(user, password)`` for devices that have not been
+    logged in explicitly (the embedded simulated fleet sets it).  Credentials are
+    kept in memory only, never in results or history.
+    """
+
+    def __init__(
+        self,
+        api: PlatformAPI,
+        *,
+        login: tuple[str, str] | None = None,
+        concurrency: int = 100,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        join_timeout: float = 15.0,
+        cleanup: Iterable[Callable[[], Awaitable[Any]]] = (),
+    ) -> None:
+        if concurrency < 1 or max_sessions < 1:
+            raise ValueError("concurrency and max_sessions must be at least 1")
+        self.api = api
+        self.concurrency = concurrency
+        self.max_sessions = max_sessions
+        self.join_timeout = join_timeout
+        self._default_login = login
+        self._logins: dict[str, tuple[str, str]] = {}
+        self._new_login: set[str] = set()  # devices whose login changed since their session logged in
+        self._sessions: OrderedDict[str, DeviceSession] = OrderedDict()
+        self._busy: set[str] = set()
+        self._pool = asyncio.Condition()
+        self._inventory: list[dict[str, Any]] = []
+        self._runs: list[tuple[int, Results]] = []
+        self._run_ids = itertools.count(1)
+        self._cleanup = list(cleanup)
+        self.last_results: Results | None = None
+        self._running: dict[str, str] = {}
+        self._last: dict[str, CommandResult] = {}
+        self._watchers: list[Callable[[str | None], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Fleet {self.api.base_url} project={self.api.project_id} devices={len(self._inventory)}>"
+
+    async def __aenter__(self) -> Fleet:
+        if not self._inventory:
+            await self.refresh()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- inventory --------------------------------------------------------
+
+    async def refresh(self) -> pd.DataFrame:
+        """Read the inventory from the platform again."""
+        self._inventory = await self.api.list_devices()
+        self._changed(None)
+        return self.devices()
+
+    def devices(self) -> pd.DataFrame:
+        """The inventory as a table: one row per device, tags as a dict."""
+        rows = []
+        for d in self._inventory:
+            tags = {t.get("tag_key"): t.get("tag_value") for t in d.get("tags") or [] if isinstance(t, dict)}
+            rows.append({**{c: d.get(c) for c in _INVENTORY_COLUMNS}, "tags": tags})
+        return pd.DataFrame(rows, columns=_INVENTORY_COLUMNS)
+
+    def select(self, targets: str | Iterable[str] = "*") -> list[str]:
+        """Device ids for ``targets`` (ids, globs, ranges, ``@tag``, lists); unknown ones are an error."""
+        return select_targets(targets, self._inventory)
+
+    # -- live state (dashboards) ---------------------------------------------
+
+    def status(self) -> pd.DataFrame:
+        """One row per device: online, tunnel, logged in, running command, last result."""
+        rows = []
+        for d in self._inventory:
+            device_id = d.get("device_id")
+            session = self._sessions.get(device_id)
+            last = self._last.get(device_id)
+            if session is None:
+                tunnel = "none"
+            elif session.closed:
+                tunnel = "closed"
+            else:
+                tunnel = "connected" if session.joined else "waiting"
+            rows.append(
+                {
+                    "device_id": device_id,
+                    "online": d.get("status") == "ONLINE",
+                    "tunnel": tunnel,
+                    "logged_in": bool(session is not None and session.logged_in and not session.closed),
+                    "running": self._running.get(device_id),
+                    "last_status": last.status if last else None,
+                    "last_exit_code": last.exit_code if last else None,
+                    "last_duration_s": last.duration_s if last else None,
+                }
+            )
+        df = pd.DataFrame(rows, columns=_STATUS_COLUMNS)
+        df["last_exit_code"] = df["last_exit_code"].astype("Int64")
+        return df
+
+    def watch(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
+        """Call ``callback(device_id)`` whenever a device's state changes (``None``: all may have).
+
+        Returns a function that stops the calls.  Callbacks run on the fleet's event
+        loop and must not block; an exception in one is logged, not raised.
+        """
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def _changed(self, device_id: str | None) -> None:
+        for watcher in list(self._watchers):
+            try:
+                watcher(device_id)
+            except Exception:
+                log.exception("fleet watcher failed")
+
+    # -- credentials --------------------------------------------------------
+
+    def set_login(self, targets: str | Iterable[str], user: str, password: str) -> list[str]:
+        """Remember the login for some devices without logging in yet."""
+        ids = self.select(targets)
+        for device_id in ids:
+            self._logins[device_id] = (user, password)
+        self._new_login.update(ids)
+        return ids
+
+    def has_login(self, targets: str | Iterable[str] = "*") -> bool:
+        """Does the fleet know a login for every one of ``targets``?"""
+        return all(self._login_for(d) is not None for d in self.select(targets))
+
+    def _login_for(self, device_id: str) -> tuple[str, str] | None:
+        return self._logins.get(device_id) or self._default_login
+
+    async def login(
+        self,
+        targets: str | Iterable[str] = "*",
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        password_env: str | None = None,
+        timeout: float = 30.0,
+        concurrency: int | None = None,
+    ) -> Results:
+        """Log in to devices; each gets a row (``ok``, ``auth_failed``, ``offline``…).
+
+        The password comes from ``password``, else the environment variable
+        ``password_env``, else a prompt (getpass).  At most ``concurrency`` logins
+        run at once (default: the fleet's ``concurrency``, capped at ``max_sessions``,
+        since more would only evict each other).
+        """
+        if self._inventory == []:
+            await self.refresh()
+        ids = self.select(targets)
+        if user is not None or password is not None or password_env is not None:
+            user = user or getpass.getuser()
+            replaying = getattr(self.api, "replaying", False)  # a replay sends no password anywhere
+            if password is None and password_env:
+                password = os.environ.get(password_env)
+                if password is None and not replaying:
+                    raise TunnelnbError(f"environment variable {password_env} is not set: export it, or omit it")
+            if password is None:
+                password = PASSWORD_PLACEHOLDER if replaying else getpass.getpass(
+                    f"password for {user} on {len(ids)} device(s): "
+                )
+            for device_id in ids:
+                self._logins[device_id] = (user, password)
+            self._new_login.update(ids)
+        if concurrency is None:
+            concurrency = min(self.concurrency, self.max_sessions)
+        return await self._fan_out("<login>", ids, timeout, None, concurrency=concurrency, login_only=True)
+
+    # -- runs ----------------------------------------------------------------
+
+    async def run(
+        self,
+        command: str,
+        targets: str | Iterable[str] = "*",
+        *,
+        timeout: float = 30.0,
+        concurrency: int | None = None,
+        on_output: OutputCallback | None = None,
+        on_result: ResultCallback | None = None,
+    ) -> Results:
+        """Run ``command`` on every target; one row per device, whatever happens.
+
+        ``on_output(device_id, text)`` sees output as it arrives, ``on_result(row)``
+        each device's row as soon as it is done (for progress displays).  Cancelling
+        interrupts every command in flight (Ctrl-C on the devices), records the
+        rows as ``cancelled`` in :attr:`history` and :attr:`last_results`, and
+        re-raises; the sessions stay usable.
+        """
+        if not self._inventory:
+            await self.refresh()
+        ids = self.select(targets)
+        return await self._fan_out(command, ids, timeout, on_output, concurrency=concurrency, on_result=on_result)
+
+    async def _fan_out(
+        self,
+        command: str,
+        ids: list[str],
+        timeout: float,
+        on_output: OutputCallback | None,
+        *,
+        concurrency: int | None = None,
+        login_only: bool = False,
+        on_result: ResultCallback | None = None,
+    ) -> Results:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        limit = asyncio.Semaphore(self.concurrency if concurrency is None else concurrency)
+        rows: dict[str, CommandResult] = {}
+        started_at = datetime.now(UTC)
+        if len(ids) > self.max_sessions:
+            warnings.warn(
+                f"{len(ids)} targets but at most {self.max_sessions} sessions at once: devices beyond that "
+                "log in again on every run; raise Fleet.max_sessions if your instance allows more",
+                FleetSizeWarning,
+                stacklevel=3,
+            )
+
+        async def one(device_id: str) -> None:
+            async with limit:
+                rows[device_id] = row = await self._run_one(device_id, command, timeout, on_output, login_only)
+            if on_result is not None:
+                on_result(row)
+
+        # Devices already logged in go first, so a run larger than the session pool
+        # uses their sessions before newcomers evict them.
+        ready = [d for d in ids if (s := self._sessions.get(d)) is not None and s.logged_in and not s.closed]
+        ready_set = set(ready)
+        order = ready + [d for d in ids if d not in ready_set]
+        tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in order]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # cancelled, or a strict replay that left its cassette: stop every device
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._record(command, ids, rows, started_at)
+            raise
+        return self._record(command, ids, rows, started_at)
+
+    def _record(self, command: str, ids: list[str], rows: dict[str, CommandResult], started_at: datetime) -> Results:
+        def cancelled(device_id: str) -> CommandResult:
+            return CommandResult(
+                device_id, command, ResultStatus.CANCELLED, None, "", 0.0, started_at, "the run was cancelled"
+            )
+
+        results = Results([rows.get(d) or cancelled(d) for d in ids])
+        self._runs.append((next(self._run_ids), results))
+        self.last_results = results
+        return results
+
+    async def _run_one(
+        self,
+        device_id: str,
+        command: str,
+        timeout: float,
+        on_output: OutputCallback | None,
+        login_only: bool,
+    ) -> CommandResult:
+        self._running[device_id] = command
+        self._changed(device_id)
+        try:
+            result = await self._run_one_row(device_id, command, timeout, on_output, login_only)
+        finally:
+            self._running.pop(device_id, None)
+        if not login_only:
+            self._last[device_id] = result
+        if result.status == ResultStatus.OFFLINE:
+            self._set_online(device_id, False)
+        elif result.status in (ResultStatus.OK, ResultStatus.ERROR, ResultStatus.TIMEOUT):
+            self._set_online(device_id, True)
+        self._changed(device_id)
+        return result
+
+    def _set_online(self, device_id: str, online: bool) -> None:
+        """What a run learnt about a device, until the next :meth:`refresh`."""
+        for d in self._inventory:
+            if d.get("device_id") == device_id:
+                d["status"] = "ONLINE" if online else "OFFLINE"
+
+    async def _run_one_row(
+        self,
+        device_id: str,
+        command: str,
+        timeout: float,
+        on_output: OutputCallback | None,
+        login_only: bool,
+    ) -> CommandResult:
+        RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
+        clock = clock_for(self.api, device_id)
+        started_at = clock.now()
+        t0 = clock.monotonic()
+
+        def row(status: str, error: str) -> CommandResult:
+            return CommandResult(device_id, command, status, None, "", clock.monotonic() - t0, started_at, error)
+
+        try:
+            session = await self._session_for(device_id)
+        except (asyncio.CancelledError, RunAborted):
+            raise
+        except DeviceOffline as exc:
+            return row(ResultStatus.OFFLINE, str(exc))
+        except (TunnelnbError, PlatformError) as exc:
+            return row(ResultStatus.DISCONNECTED, str(exc))
+        try:
+            if not session.logged_in or device_id in self._new_login:
+                self._new_login.discard(device_id)
+                credentials = self._login_for(device_id)
+                if credentials is None:
+                    return row(
+                        ResultStatus.AUTH_FAILED,
+                        "no login for this device: fleet.login(targets, user=..., password_env=...)",
+                    )
+                try:
+                    await session.login(*credentials, timeout=min(timeout, 30.0))
+                except RunAborted:
+                    raise
+                except AuthFailed as exc:
+                    return row(ResultStatus.AUTH_FAILED, str(exc))
+                except DeviceOffline as exc:
+                    return row(ResultStatus.OFFLINE, str(exc))
+                except TunnelnbError as exc:  # LoginError, or the session closed or dropped meanwhile
+                    return row(ResultStatus.DISCONNECTED, str(exc))
+            if login_only:
+                return CommandResult(
+                    device_id, command, ResultStatus.OK, 0, "", clock.monotonic() - t0, started_at, ""
+                )
+            callback = (lambda text: on_output(device_id, text)) if on_output else None
+            try:
+                return await session.run(command, timeout=timeout, on_output=callback)
+            except (asyncio.CancelledError, RunAborted):
+                raise
+            except TunnelnbError as exc:
+                return row(ResultStatus.DISCONNECTED, str(exc))
+        finally:
+            await self._release(device_id)
+
+    # -- the session pool -------------------------------------------------
+
+    async def _session_for(self, device_id: str) -> DeviceSession:
+        """The device's session, opening one (and evicting an idle one) when needed."""
+        evicted: DeviceSession | None = None
+        async with self._pool:
+            while True:
+                session = self._sessions.get(device_id)
+                if session is not None and not session.closed:
+                    self._sessions.move_to_end(device_id)
+                    self._busy.add(device_id)
+                    return session
+                if len(self._sessions) < self.max_sessions:
+                    break
+                victim = next((d for d in self._sessions if d not in self._busy), None)
+                if victim is not None:
+                    evicted = self._sessions.pop(victim)
+                    break
+                await self._pool.wait()
+            session = DeviceSession(self.api, device_id, join_timeout=self.join_timeout, delete_tunnel=True)
+            self._sessions[device_id] = session
+            self._busy.add(device_id)
+        try:
+            if evicted is not None:
+                await evicted.close()  # frees its login before another device takes the slot
+            await session.open()
+        except BaseException:
+            async with self._pool:
+                if self._sessions.get(device_id) is session:
+                    del self._sessions[device_id]
+                self._busy.discard(device_id)
+                self._pool.notify_all()
+            with contextlib.suppress(Exception):
+                await session.close()
+            raise
+        return session
+
+    async def _release(self, device_id: str) -> None:
+        async with self._pool:
+            self._busy.discard(device_id)
+            self._pool.notify_all()
+
+    def session(self, device_id: str) -> DeviceSession | None:
+        """The open session of a device, if any (for terminals and dashboards)."""
+        return self._sessions.get(device_id)
+
+    # -- recording -----------------------------------------------------------
+
+    def record(self, path: str | os.PathLike[str]) -> Recording:
+        """Record what this fleet gets from the platform and its devices to a cassette at ``path``.
+
+        ``with fleet.record("incident.cassette.jsonl"): ...`` (or ``async with``, or
+        ``.start()`` / ``.stop()``): every platform answer, every tunnel frame and
+        every clock reading, per device, as JSON Lines with passwords and tokens
+        masked; ``tunnelnb.connect(replay=path)`` plays it back without a network.
+        Sessions open at the start are closed, so the cassette holds each device's
+        session from its beginning.  See :mod:`tunnelnb.cassette.replay`.
+        """
+        from ..cassette.replay import Recording
+
+        return Recording(self, path)
+
+    # -- history and shutdown ----------------------------------------------
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Every run so far, one row per device and run, with a leading ``run`` column."""
+        frames = [results.df.assign(run=run_id) for run_id, results in self._runs]
+        if not frames:
+            return pd.DataFrame(columns=["run", *Results([]).df.columns])
+        df = pd.concat(frames, ignore_index=True)
+        return df[["run", *[c for c in df.columns if c != "run"]]]
+
+    async def close(self, targets: str | Iterable[str] | None = None) -> None:
+        """Close sessions (all of them, and whatever the fleet started, when ``targets`` is None)."""
+        ids = list(self._sessions) if targets is None else self.select(targets)
+        sessions = [self._sessions.pop(d) for d in ids if d in self._sessions]
+        limit = asyncio.Semaphore(min(self.concurrency, DEFAULT_MAX_SESSIONS))
+
+        async def close_one(session: DeviceSession) -> None:
+            async with limit:  # a thousand closes at once starve the platform and devices
+                await session.close()
+
+        await asyncio.gather(*(close_one(s) for s in sessions), return_exceptions=True)
+        self._changed(None)
+        if targets is None:
+            await self.api.close()
+            for closer in reversed(self._cleanup):
+                with contextlib.suppress(Exception):
+                    await closer()
+            self._cleanup.clear()
