@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with Python 3.11+:
-#   make test   — create .venv, install tunnelnb with its test extras, lint, run the whole suite
+#   make test   — create .venv, install tunnelnb with its dev extras, lint, run the whole suite
 #   make demo   — create .venv, install, start a local platform, a simulated fleet and JupyterLab
 #                 on the quickstart notebook
 PYTHON ?= python3
@@ -15,11 +15,15 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cf
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Style (ruff), the layering contracts of pyproject.toml (import-linter), types (mypy; strict on
+# tunnelnb.protocol and tunnelnb.client).
 lint: $(STAMP)
 	$(BIN)/ruff check tunnelnb tests bench notebooks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: lint

@@ -282,7 +282,7 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
     import cProfile
 
     from tunnelnb.server.platform import Platform
-    from tunnelnb.sim.fleet import SimulatedFleet
+    from tunnelnb.sim import SimulatedFleet
 
     digest = _LogDigest("devices")
     digest.install()

@@ -33,7 +33,7 @@ from tunnelnb.client.api import PlatformAPI
 from tunnelnb.errors import CassetteError, CassetteMismatch, TunnelnbError
 from tunnelnb.protocol import shell as shell_module
 from tunnelnb.protocol.shell import command_script, setup_script
-from tunnelnb.sim.fleet import _device_secret
+from tunnelnb.sim import device_secret as _device_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES, SEED = 20, 1  # device-16 offline, device-17 wrong_password
@@ -93,7 +93,7 @@ async def _record(path: Path) -> Recorded:
         fleet = await tunnelnb.connect(embedded=True, devices=DEVICES, seed=SEED)
         platform, sim = fleet.embedded  # type: ignore[attr-defined]
         try:
-            async with fleet.record(path) as recording:
+            async with tunnelnb.record(fleet, path) as recording:
                 t0 = time.perf_counter()
                 tables = await perform(fleet)
                 live_s = time.perf_counter() - t0
@@ -289,7 +289,7 @@ async def test_secrets_never_reach_a_cassette(tmp_path: Path, monkeypatch):
     platform, sim = fleet.embedded  # type: ignore[attr-defined]
     user, password = sim.login()
     try:
-        with fleet.record(path) as recording:  # the blocking form, inside a running loop
+        with tunnelnb.record(fleet, path) as recording:  # the blocking form, inside a running loop
             await fleet.login("device-01", user=user, password_env="TNB_CASSETTE_PASSWORD")  # refused
             await fleet.login("device-0[2-3]", user=user, password=password)
             # Devices printing secrets: their output is masked too.
@@ -447,9 +447,9 @@ async def test_recording_stops_and_the_fleet_goes_on_live(tmp_path: Path):
     fleet = await tunnelnb.connect(embedded=True, devices=2, seed=2)
     try:
         await fleet.run("true", "device-01")  # a session open before the recording: it gets closed
-        recording = await fleet.record(path).astart()
+        recording = await tunnelnb.record(fleet, path).astart()
         with pytest.raises(CassetteError, match="already records"):
-            fleet.record(tmp_path / "second.cassette.jsonl").start()
+            tunnelnb.record(fleet, tmp_path / "second.cassette.jsonl").start()
         await fleet.run("echo one", "device-0[1-2]")
         summary = recording.stop()
         size = path.stat().st_size
@@ -460,7 +460,7 @@ async def test_recording_stops_and_the_fleet_goes_on_live(tmp_path: Path):
     assert summary.devices == 2 and summary.events > 20
     async with await tunnelnb.connect(replay=path) as replay:
         with pytest.raises(CassetteError, match="already records or replays"):
-            replay.record(tmp_path / "again.cassette.jsonl").start()
+            tunnelnb.record(replay, tmp_path / "again.cassette.jsonl").start()
         res = await replay.run("echo one", "device-0[1-2]")
     assert set(res.df.stdout) == {"one\n"}
 

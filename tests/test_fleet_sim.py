@@ -16,7 +16,7 @@ import pytest
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.server.platform import Platform
-from tunnelnb.sim.fleet import SimulatedFleet
+from tunnelnb.sim import SimulatedFleet
 
 from .conftest import API_TOKEN
 

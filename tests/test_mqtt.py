@@ -32,19 +32,19 @@ from tunnelnb.client.api import PlatformAPI
 from tunnelnb.client.session import DeviceSession, ResultStatus
 from tunnelnb.errors import BrokerAuthError, DeviceAuthError, PlatformError, PlatformUnreachable, ProtocolError
 from tunnelnb.server.agent import Agent
-from tunnelnb.server.mqtt import (
+from tunnelnb.server.mqtt import device_credentials
+from tunnelnb.server.mqttbase import (
     BrokerUnreachable,
     MqttCredentials,
     Presence,
     client_id,
-    device_credentials,
     parse_client_id,
     parse_mqtt_url,
     parse_presence,
     presence_message,
-    verify_presence,
 )
 from tunnelnb.server.platform import Platform
+from tunnelnb.server.platform.mqtt import verify_presence
 
 from .conftest import SSH_PASSWORD, SSH_USER
 

@@ -21,7 +21,7 @@ from tunnelnb.client.api import PlatformAPI
 from tunnelnb.client.session import DeviceSession, ResultStatus
 from tunnelnb.errors import AuthFailed, DeviceOffline
 from tunnelnb.server.platform import Platform
-from tunnelnb.sim.fleet import (
+from tunnelnb.sim import (
     MISBEHAVIOURS,
     DeviceProfile,
     SimulatedFleet,
@@ -491,7 +491,7 @@ asyncio.run(main())
 def test_a_process_that_exits_without_stop_still_cleans_up_and_stale_roots_are_swept(tmp_path: Path):
     import sys
 
-    from tunnelnb.sim.fleet import _attached_loops
+    from tunnelnb.sim.sandbox import attached_loops as _attached_loops
 
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     first = subprocess.run(
@@ -517,3 +517,34 @@ def test_a_process_that_exits_without_stop_still_cleans_up_and_stale_roots_are_s
     assert second.returncode == 0, second.stderr
     assert not stale.exists()
     assert alive.exists()  # its owner (this test) is alive
+
+
+def test_the_launcher_is_a_module_of_the_package_that_runs_isolated(tmp_path: Path) -> None:
+    """The sandbox launcher is tunnelnb.sim.launcher, copied into the fleet's root, run as ``python -I -S``."""
+    import sys
+    from datetime import UTC, datetime
+
+    from tunnelnb.sim import launcher
+    from tunnelnb.sim.sandbox import FleetFiles
+
+    files = FleetFiles("ops")
+    files.create(tmp_path / "root")
+    try:
+        assert (files.fleet_dir / "launch.py").read_bytes() == Path(launcher.__file__).read_bytes()
+        p = make_profiles(1, seed=5)[0]
+        directory = files.device_dir(p.device_id)
+        files.add_device(p, directory, datetime.now(UTC))
+        files.write_config("none", "directory")
+        # The standard library only: no site-packages, so not even tunnelnb is importable here.
+        res = subprocess.run(
+            [sys.executable, "-I", "-S", launcher.__file__, str(directory), "-c", "cat etc/device.conf; pwd"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == device_conf(p) + f"{directory}\n"
+        assert (directory / "home" / "ops" / ".profile").exists() and (directory / ".made").exists()
+    finally:
+        files.remove()
+    assert not (tmp_path / "root").exists()

@@ -177,7 +177,7 @@ async def test_cli_platform_on_https_and_an_agent_with_a_ca_bundle(certs, tmp_pa
 
 async def test_a_simulated_fleet_joins_an_https_platform_with_a_ca_bundle(tls_platform, certs):
     from tunnelnb.fleet.fleet import Fleet
-    from tunnelnb.sim.fleet import SimulatedFleet
+    from tunnelnb.sim import SimulatedFleet
 
     ca, _, _ = certs
     verify = client_ssl(str(ca))

@@ -13,7 +13,7 @@ from IPython.utils.text import DollarFormatter
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.errors import UnknownTargets
 from tunnelnb.fleet.fleet import Fleet
-from tunnelnb.fleet.results import _STATUS_COLOURS
+from tunnelnb.fleet.results import STATUS_COLOURS as _STATUS_COLOURS
 from tunnelnb.fleet.runner import ThreadLoopRunner
 from tunnelnb.notebook.ansi import PALETTE
 from tunnelnb.notebook.widgets import ANY_TAG, DevicePicker, FleetDashboard, Targets, Terminal

@@ -15,6 +15,7 @@ rely on a builtin base (``ValueError`` for bad input, ``LookupError``,
     │   ├── DeviceDisconnected
     │   └── LoginError
     │       └── AuthFailed            the device's SSH server refused the login
+    ├── SessionStateError             a session event its state does not allow (a bug)
     ├── RunAborted                    stops a whole run instead of becoming a row
     │   └── CassetteMismatch
     ├── CassetteError
@@ -53,6 +54,7 @@ __all__ = [
     "PlatformUnreachable",
     "ProtocolError",
     "RunAborted",
+    "SessionStateError",
     "SignatureError",
     "TLSConfigError",
     "TargetError",
@@ -134,6 +136,10 @@ class LoginError(TunnelError):
 
 class AuthFailed(LoginError):
     """The device's SSH server refused the user name or password."""
+
+
+class SessionStateError(TunnelnbError):
+    """An event a device session's transition table does not allow in its current state (a bug)."""
 
 
 # -- runs and cassettes -------------------------------------------------------------

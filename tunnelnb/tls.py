@@ -15,7 +15,7 @@ from .errors import InsecureTLSWarning, TLSConfigError
 
 __all__ = [ "client_ssl", "server_ssl"]
 
-log = logging.getLogger("tunnelnb.tls")
+log = logging.getLogger(__name__)
 
 
 def server_ssl(cert_file: str, key_file: str | None = None) -> ssl.SSLContext:

@@ -1,6 +1,6 @@
 """The cassette file: what a recorded fleet got from its platform and devices, as JSON Lines.
 
-A cassette is written by :meth:`tunnelnb.fleet.fleet.Fleet.record` (``%tunnel record``)
+A cassette is written by :func:`tunnelnb.record` (``%tunnel record``)
 and played back by ``tunnelnb.connect(replay=PATH)`` (see :mod:`tunnelnb.cassette.replay`).
 It is meant to be read and diffed by people, and committed next to a notebook:
 
@@ -43,17 +43,15 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import CassetteError
+from ..version import VERSION as TUNNELNB_VERSION
 
 __all__ = [
     "FORMAT",
-    "PASSWORD_PLACEHOLDER",
-    "RUNNING_COMMAND",
     "SUFFIX",
     "VERSION",
     "Cassette",
@@ -67,12 +65,6 @@ FORMAT = "tunnelnb-cassette"
 VERSION = 1
 #: Cassettes are ``NAME.cassette.jsonl``; the repository's tests scan every such file for secrets.
 SUFFIX = ".cassette.jsonl"
-
-PASSWORD_PLACEHOLDER = "<password>"
-
-#: The user's command a device's task is running (set by the fleet), so that a replay
-#: that has no answer for it can say which command that was.
-RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command", default=None)
 
 #: Events a replay matches against what the application does, in order.
 HARD_KINDS = frozenset({"rest", "open", "out", "close"})
@@ -339,7 +331,7 @@ class Cassette:
             lines = p.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             raise CassetteError(
-                f"no cassette at {p}: record one first (fleet.record(path), %tunnel record PATH, or "
+                f"no cassette at {p}: record one first (tunnelnb.record(fleet, path), %tunnel record PATH, or "
                 "mode='all')"
             ) from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -349,10 +341,8 @@ class Cassette:
             raise CassetteError(f"{p} is not a tunnelnb cassette (its first line is not a {FORMAT} header)")
         version = header.get("version")
         if version != VERSION:
-            from .. import __version__
-
             raise CassetteError(
-                f"{p} is a cassette of format version {version!r}, and this tunnelnb ({__version__}) reads "
+                f"{p} is a cassette of format version {version!r}, and this tunnelnb ({TUNNELNB_VERSION}) reads "
                 f"version {VERSION}: use the tunnelnb that recorded it, or record it again"
             )
         cassette = cls(p, header)

@@ -292,7 +292,7 @@ def _platform(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from ..sim.fleet import serve
+    from ..sim import serve
 
     _configure_logging(args.log_level)
     token = _secret(args.api_token, "TUNNELNB_API_TOKEN", "API token")

@@ -54,7 +54,7 @@ def _password(args: argparse.Namespace) -> str:
 
 def run_command(args: argparse.Namespace, command: str) -> int:
     """Run ``command`` on ``args.targets``; the exit status says whether every device succeeded."""
-    from .. import connect
+    from ..connection import connect
 
     if args.huaweicloud:
         if not (args.region or args.endpoint):

@@ -11,19 +11,19 @@ import json
 import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from ..errors import PlatformError, PlatformUnreachable
+from .backend import PlatformBackend, TunnelGrant
 from .clock import LIVE_CLOCK, Clock
 from .transport import TunnelSocket
 
-__all__ = ["PlatformAPI", "TunnelGrant"]
+__all__ = ["DEVICE_PAGE_LIMIT", "PlatformAPI", "iter_device_pages"]
 
-log = logging.getLogger("tunnelnb.client.api")
+log = logging.getLogger(__name__)
 
 #: ListDevices pages hold at most 50 devices on IoTDA.
 DEVICE_PAGE_LIMIT = 50
@@ -44,22 +44,14 @@ async def iter_device_pages(
             return
 
 
-@dataclass(frozen=True)
-class TunnelGrant:
-    """AddTunnel's answer: where the application connects, with which token."""
-
-    tunnel_id: str
-    tunnel_uri: str
-    expires_in: int
-    token: str = field(repr=False)
-
-
-class PlatformAPI:
+class PlatformAPI(PlatformBackend):
     """Async client of the IoTDA control plane for one project.
 
     ``api_token`` travels as ``X-Auth-Token``; it never appears in a repr, a log
     line or an error message.
     """
+
+    replaying = False
 
     def __init__(
         self,
@@ -116,6 +108,7 @@ class PlatformAPI:
         return headers
 
     async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        """The JSON answer of one call (None for an empty one); errors as :class:`PlatformError`."""
         url = f"{self.base_url}/v5/iot/{quote(self.project_id, safe='')}{path}"
         try:
             async with self.session.request(method, url, json=body, params=params, headers=self._headers()) as resp:
@@ -145,7 +138,8 @@ class PlatformAPI:
             params: dict[str, Any] = {"limit": DEVICE_PAGE_LIMIT}
             if marker:
                 params["marker"] = marker
-            return await self._request("GET", "/devices", params=params)
+            answer: dict[str, Any] = await self._request("GET", "/devices", params=params)
+            return answer
 
         async for device in iter_device_pages(page):
             yield device
@@ -154,7 +148,8 @@ class PlatformAPI:
         return [d async for d in self.iter_devices()]
 
     async def show_device(self, device_id: str) -> dict[str, Any]:
-        return await self._request("GET", f"/devices/{quote(device_id, safe='')}")
+        answer: dict[str, Any] = await self._request("GET", f"/devices/{quote(device_id, safe='')}")
+        return answer
 
     async def add_device(
         self,
@@ -179,7 +174,8 @@ class PlatformAPI:
         body.update({k: v for k, v in optional.items() if v is not None})
         if tags:
             body["tags"] = [{"tag_key": k, "tag_value": v} for k, v in tags.items()]
-        return await self._request("POST", "/devices", body=body)
+        answer: dict[str, Any] = await self._request("POST", "/devices", body=body)
+        return answer
 
     # -- tunnels ----------------------------------------------------------
 
@@ -198,7 +194,8 @@ class PlatformAPI:
         return answer.get("tunnels") or []
 
     async def show_tunnel(self, tunnel_id: str) -> dict[str, Any]:
-        return await self._request("GET", f"/tunnels/{quote(tunnel_id, safe='')}")
+        answer: dict[str, Any] = await self._request("GET", f"/tunnels/{quote(tunnel_id, safe='')}")
+        return answer
 
     async def close_tunnel(self, tunnel_id: str) -> None:
         await self._request("PUT", f"/tunnels/{quote(tunnel_id, safe='')}")
@@ -215,6 +212,9 @@ class PlatformAPI:
     def clock_for(self, device_id: str | None) -> Clock:
         """The clock (and randomness) a device's session reads: the real one."""
         return LIVE_CLOCK
+
+    def secret_values(self) -> list[tuple[str, str]]:
+        return [(self._token, "<api-token>")] if self._token else []
 
 
 def _error_from(status: int, body: bytes) -> PlatformError:

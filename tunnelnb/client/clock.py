@@ -2,9 +2,9 @@
 
 A session reads the time (to time commands and to give up waiting) and draws a
 few random ids (request ids, shell marker ids).  It reads them all from a
-:class:`Clock` its platform API object hands out per device
-(``api.clock_for(device_id)``), never from :mod:`time` or :mod:`os` directly.
-Live, that is the real clock; a cassette recording (:mod:`tunnelnb.cassette.replay`)
+:class:`Clock` its platform backend hands out per device (``api.clock_for(device_id)``),
+never from :mod:`time` or :mod:`os` directly.  Live, that is the real clock; a
+cassette recording (:mod:`tunnelnb.cassette`)
 writes down every reading, and a replay reads them back and runs the waits on
 virtual time, so a replayed run gives the same durations, timestamps and marker
 ids as the recorded one, and a recorded 30-second timeout replays at once.
@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["LIVE_CLOCK", "Clock", "clock_for"]
+__all__ = ["LIVE_CLOCK", "Clock"]
 
 
 class Clock:
@@ -53,9 +53,3 @@ class Clock:
 
 
 LIVE_CLOCK = Clock()
-
-
-def clock_for(api: Any, device_id: str | None) -> Clock:
-    """The clock ``api`` gives the sessions of ``device_id`` (the real one when it gives none)."""
-    get = getattr(api, "clock_for", None)
-    return get(device_id) if get is not None else LIVE_CLOCK

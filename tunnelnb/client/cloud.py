@@ -42,7 +42,10 @@ import aiohttp
 
 from ..errors import HuaweiCloudSDKMissing, PlatformError, PlatformUnreachable, TunnelnbError
 from ..protocol.signing import mask
-from .api import DEVICE_PAGE_LIMIT, TunnelGrant, iter_device_pages
+from .api import DEVICE_PAGE_LIMIT, iter_device_pages
+from .backend import PlatformBackend, TunnelGrant
+from .clock import LIVE_CLOCK, Clock
+from .transport import TunnelSocket
 
 __all__ = [
     "ENV_AK",
@@ -53,7 +56,7 @@ __all__ = [
     "cloud_api_from_env",
 ]
 
-log = logging.getLogger("tunnelnb.client.cloud")
+log = logging.getLogger(__name__)
 
 ENV_AK = "HUAWEICLOUD_SDK_AK"
 ENV_SK = "HUAWEICLOUD_SDK_SK"
@@ -99,7 +102,7 @@ def _region_of(endpoint: str) -> str | None:
     return match.group(1) if match else None
 
 
-class HuaweiCloudAPI:
+class HuaweiCloudAPI(PlatformBackend):
     """IoTDA's REST API for one project, through ``huaweicloudsdkiotda`` with AK/SK signing.
 
     ``region`` (e.g. ``cn-north-4``) and/or ``endpoint``: the instance's
@@ -113,6 +116,8 @@ class HuaweiCloudAPI:
     endpoint), True or False forces one.  ``timeout`` bounds each call in seconds;
     ``max_workers`` is how many SDK calls run at once.
     """
+
+    replaying = False
 
     def __init__(
         self,
@@ -307,7 +312,8 @@ class HuaweiCloudAPI:
 
         async def page(marker: str | None) -> dict[str, Any] | None:
             request = model.ListDevicesRequest(instance_id=self.instance_id, limit=DEVICE_PAGE_LIMIT, marker=marker)
-            return await self._call("list_devices", request)
+            answer: dict[str, Any] | None = await self._call("list_devices", request)
+            return answer
 
         async for device in iter_device_pages(page):
             yield device
@@ -351,6 +357,19 @@ class HuaweiCloudAPI:
     async def delete_tunnel(self, tunnel_id: str) -> None:
         request = self._sdk["model"].DeleteDeviceTunnelRequest(instance_id=self.instance_id, tunnel_id=tunnel_id)
         await self._call("delete_device_tunnel", request)
+
+    # -- what sessions get besides REST ------------------------------------
+
+    async def open_tunnel_socket(self, grant: TunnelGrant, **options: Any) -> TunnelSocket:
+        """The application side's WebSocket of a tunnel; the token authorises it, not the AK/SK."""
+        return await TunnelSocket.open(self.session, grant.tunnel_uri, grant.token, **options)
+
+    def clock_for(self, device_id: str | None) -> Clock:
+        return LIVE_CLOCK
+
+    def secret_values(self) -> list[tuple[str, str]]:
+        pairs = [(self._ak, "<access-key>"), (self._sk, "<secret-key>"), (self._security_token, "<security-token>")]
+        return [(value, placeholder) for value, placeholder in pairs if value]
 
 
 _CALL_NAMES = {

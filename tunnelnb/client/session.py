@@ -2,11 +2,13 @@
 
 :class:`DeviceSession` owns a tunnel's application side.  It creates (or takes
 over) the device's tunnel, waits for the device to join, logs in to its SSH
-shell and runs commands with the marker framing of :mod:`tunnelnb.protocol.shell`, so
-each command gets its own output and exit code out of a raw PTY stream.  It
+shell and runs commands with the marker framing of :mod:`tunnelnb.protocol.shell`,
+so each command gets its own output and exit code out of a raw PTY stream.  It
 tolerates what real devices do (responses stamped with the wrong request id,
 ``connect_response`` before the login is even tried, lost chunks) because it
-routes output by tunnel and trusts only its own markers.
+routes output by tunnel and trusts only its own markers.  Its state is one
+:class:`~tunnelnb.client.state.SessionState`, moved only through the transition
+table of :mod:`tunnelnb.client.state`.
 
     async with PlatformAPI(url, project_id="demo", api_token=token) as api:
         async with DeviceSession(api, "device-01") as dev:
@@ -20,9 +22,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from ..errors import (
     AuthFailed,
@@ -47,43 +48,18 @@ from ..protocol.shell import (
     setup_script,
     strip_escapes,
 )
-from .api import PlatformAPI, TunnelGrant
-from .clock import clock_for
-from .transport import TunnelSocket, open_tunnel_socket
+from .backend import PlatformBackend, TunnelGrant
+from .clock import Clock
+from .result import CommandResult, ResultStatus
+from .state import Event, SessionState, StateMachine
+from .transport import TunnelSocket
 
-__all__ = ["CommandResult", "DeviceSession", "ResultStatus"]
+__all__ = ["CommandResult", "DeviceSession", "ResultStatus", "ShellEvents", "sync_shell"]
 
-log = logging.getLogger("tunnelnb.client.session")
+log = logging.getLogger(__name__)
 
-
-class ResultStatus:
-    """The ``status`` column of a result (DESIGN §4)."""
-
-    OK = "ok"
-    ERROR = "error"  # the command ran and exited non-zero
-    TIMEOUT = "timeout"
-    OFFLINE = "offline"
-    AUTH_FAILED = "auth_failed"
-    DISCONNECTED = "disconnected"
-    CANCELLED = "cancelled"
-
-
-@dataclass
-class CommandResult:
-    """What one command did on one device."""
-
-    device_id: str
-    command: str
-    status: str
-    exit_code: int | None
-    stdout: str
-    duration_s: float
-    started_at: datetime
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == ResultStatus.OK
+#: What a running command's parser hands the waiting coroutine: output, the end, or a failure.
+ShellEvents = asyncio.Queue[Output | Finished | BaseException]
 
 
 @dataclass
@@ -91,7 +67,35 @@ class _Running:
     """The command in flight: its parser and the events the reader hands it."""
 
     parser: CommandParser
-    events: asyncio.Queue[Output | Finished | BaseException] = field(default_factory=asyncio.Queue)
+    events: ShellEvents = field(default_factory=asyncio.Queue)
+
+
+async def sync_shell(
+    send_text: Callable[[str], Awaitable[None]], events: ShellEvents, marker: str, clock: Clock, deadline: float
+) -> None:
+    """Quieten a freshly logged-in shell and wait until a framed no-op comes back.
+
+    Early input may be lost (a C SDK device answers ``connect_response`` before
+    its shell exists), so the same no-op is typed again now and then, with the
+    wait doubling up to 4 s; it keeps one marker, so a slow first answer still
+    counts.  ``events`` gets the no-op's parser events; a failure put there is
+    raised.  :class:`TimeoutError` at ``deadline`` (read from ``clock``).  The one
+    login-and-sync script, used by live sessions and by a replay going live.
+    """
+    script = setup_script() + command_script(marker, "true")
+    wait = 0.5
+    while True:
+        await send_text(script)
+        try:
+            async with clock.timeout_at(min(deadline, clock.monotonic() + wait)):
+                while not isinstance(event := await events.get(), Finished):
+                    if isinstance(event, BaseException):
+                        raise event
+                return
+        except TimeoutError:
+            if clock.monotonic() >= deadline:
+                raise
+        wait = min(wait * 2, 4.0)
 
 
 class DeviceSession:
@@ -106,7 +110,7 @@ class DeviceSession:
 
     def __init__(
         self,
-        api: PlatformAPI,
+        api: PlatformBackend,
         device_id: str,
         *,
         join_timeout: float = 15.0,
@@ -129,12 +133,13 @@ class DeviceSession:
         self._grant: TunnelGrant | None = None
         self._sock: TunnelSocket | None = None
         self._reader: asyncio.Task[None] | None = None
-        # Time and random ids come from the API's clock, so a cassette can record and replay them.
-        self._clock = clock_for(api, device_id)
+        # Time and random ids come from the backend's clock, so a cassette can record and replay them.
+        self._clock = api.clock_for(device_id)
         self._ids = RequestIds(self._clock.token_hex(6))
         self._marker_seq = itertools.count(1)
         self._tag = self._clock.token_hex(4)
-        self._joined = asyncio.Event()
+        self._machine = StateMachine()
+        self._joined = asyncio.Event()  # mirrors state.joined, for waiting on it
         self._login_waiter: asyncio.Future[None] | None = None
         self._running: _Running | None = None
         # Escapes stay in the live output (notebooks and terminals render colours);
@@ -142,26 +147,51 @@ class DeviceSession:
         self._term = TerminalText(strip_escapes=False)
         self._lock = asyncio.Lock()
         self._credentials: tuple[str, str] | None = None
-        self._listeners: list[Callable[[str], None]] = []
-        self.logged_in = False
-        self._logging_in = False
-        self._needs_sync = False
-        self.closed = False
         self.last_error: str = ""
+        self.last_result: CommandResult | None = None
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "logged in" if self.logged_in else "joined" if self.joined else "open"
-        return f"<DeviceSession {self.device_id} tunnel={self.tunnel_id} {state}>"
+        return f"<DeviceSession {self.device_id} tunnel={self.tunnel_id} {self.state.value}>"
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """Where the session stands (see :mod:`tunnelnb.client.state`)."""
+        return self._machine.state
+
+    @property
+    def joined(self) -> bool:
+        """Is the device side connected to the tunnel right now?"""
+        return self.state.joined
+
+    @property
+    def logged_in(self) -> bool:
+        return self.state.logged_in
+
+    @property
+    def closed(self) -> bool:
+        return self.state is SessionState.CLOSED
+
+    def _process(self, event: Event) -> SessionState:
+        state = self._machine.process(event)
+        self._mirror(state)
+        return state
+
+    def _process_if(self, expected: SessionState, event: Event) -> None:
+        if self._machine.process_if(expected, event):
+            self._mirror(self.state)
+
+    def _mirror(self, state: SessionState) -> None:
+        if state.joined:
+            self._joined.set()
+        else:
+            self._joined.clear()
 
     @property
     def max_received_bytes(self) -> int:
         """The largest message the device has sent through this session's current connection."""
         return self._sock.max_received_bytes if self._sock is not None else 0
-
-    @property
-    def joined(self) -> bool:
-        """Is the device side connected to the tunnel right now?"""
-        return self._joined.is_set()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -174,11 +204,16 @@ class DeviceSession:
 
     async def open(self) -> None:
         """Create the device's tunnel, connect to it and wait until the device joins."""
-        self.closed = False
-        if self._grant is None:
-            self._grant = await self._add_tunnel()
-            self.tunnel_id = self._grant.tunnel_id
-        await self._connect_socket()
+        if self.state in (SessionState.IDLE, SessionState.RECONNECTING, SessionState.CLOSED):
+            self._process(Event.OPEN)
+            try:
+                if self._grant is None:
+                    self._grant = await self._add_tunnel()
+                    self.tunnel_id = self._grant.tunnel_id
+                await self._connect_socket()
+            except BaseException:
+                self._process_if(SessionState.CONNECTING, Event.OPEN_FAILED)
+                raise
         await self._wait_joined()
 
     async def _add_tunnel(self) -> TunnelGrant:
@@ -210,15 +245,15 @@ class DeviceSession:
             raise DeviceOffline(f"device {self.device_id} is offline ({cause.error_msg})") from None
 
     async def _connect_socket(self) -> None:
+        """Open the tunnel's WebSocket and start reading it (state CONNECTING → WAITING)."""
         assert self._grant is not None
-        self._joined.clear()
-        self._sock = await open_tunnel_socket(
-            self.api,
+        self._sock = await self.api.open_tunnel_socket(
             self._grant,
             heartbeat=self.heartbeat,
             timeout=self.join_timeout,
             max_message_bytes=self.max_message_bytes,
         )
+        self._process(Event.CONNECTED)
         self._reader = asyncio.create_task(self._read_loop(self._sock), name=f"tunnelnb-reader-{self.device_id}")
 
     async def _wait_joined(self) -> None:
@@ -235,8 +270,7 @@ class DeviceSession:
         """Leave the tunnel and close it on the platform (delete it too if asked)."""
         if self.closed:
             return
-        self.closed = True
-        self.logged_in = False
+        self._process(Event.CLOSE)
         self._fail_waiters(DeviceDisconnected(f"session to {self.device_id} closed"))
         if self._reader is not None:
             self._reader.cancel()
@@ -260,9 +294,14 @@ class DeviceSession:
             try:
                 frame = await sock.receive()
             except TunnelClosed as exc:
+                if sock is not self._sock:
+                    return  # an old connection, replaced meanwhile
                 self._on_socket_lost(exc)
-                if not (self.closed or exc.final):
-                    await self._reconnect()  # on success a fresh reader takes over
+                if self.state is SessionState.RECONNECTING:
+                    if exc.final:
+                        self._process(Event.GAVE_UP)
+                    else:
+                        await self._reconnect()  # on success a fresh reader takes over
                 return
             self._dispatch(frame)
 
@@ -272,10 +311,8 @@ class DeviceSession:
             self._on_output(frame.data)
         elif op is Op.CONNECT_TUNNEL:
             log.debug("device %s joined tunnel %s", self.device_id, self.tunnel_id)
-            self._joined.set()
+            self._process(Event.JOIN)
         elif op is Op.CONNECT_RESPONSE:
-            if isinstance(frame.data, str) and frame.data:
-                self._notify_listeners(frame.data)  # the C# SDK sends the shell's first output here
             if self._login_waiter is not None and not self._login_waiter.done():
                 self._login_waiter.set_result(None)
         elif op is Op.DISCONNECT:
@@ -285,30 +322,21 @@ class DeviceSession:
         # PONG and anything else: nothing to do.
 
     def _on_output(self, data: str) -> None:
-        self._notify_listeners(data)
         text = self._term.feed(data)
         running = self._running
         if running is not None and text:
             for event in running.parser.feed(text):
                 running.events.put_nowait(event)
 
-    def _notify_listeners(self, data: str) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(data)
-            except Exception:  # a display callback must not break the session
-                log.exception("output listener failed")
-
     def _on_disconnect(self, data: dict[str, object]) -> None:
         code = str(data.get("status_code", ""))
         msg = str(data.get("status_msg", "") or "no reason given")
         log.info("device %s: disconnect %s (%s)", self.device_id, code, msg)
-        self.logged_in = False
-        if code in (Status.PEER_GONE, Status.TUNNEL_CLOSED):
-            self._joined.clear()
+        logging_in = self.state is SessionState.LOGGING_IN
+        self._process(Event.LEAVE if code in (Status.PEER_GONE, Status.TUNNEL_CLOSED) else Event.DISCONNECT)
         if code == Status.AUTH_FAILED:
             error: TunnelnbError = AuthFailed(f"{self.device_id}: {msg}", code)
-        elif self._logging_in:
+        elif logging_in:
             error = LoginError(f"{self.device_id}: login failed: {msg}", code)
         else:
             error = DeviceDisconnected(f"{self.device_id} disconnected: {msg}", code)
@@ -316,11 +344,10 @@ class DeviceSession:
         self._fail_waiters(error)
 
     def _on_socket_lost(self, exc: TunnelClosed) -> None:
-        self._joined.clear()
-        self.logged_in = False
         if not self.closed:
             log.info("device %s: tunnel connection lost: %s", self.device_id, exc)
             self.last_error = str(exc)
+        self._process(Event.LOST)
         self._fail_waiters(DeviceDisconnected(f"{self.device_id}: {exc}", None))
 
     def _fail_waiters(self, error: BaseException) -> None:
@@ -329,23 +356,36 @@ class DeviceSession:
         if self._running is not None:
             self._running.events.put_nowait(error)
 
-    async def _reconnect(self) -> bool:
-        """Reopen the WebSocket after a drop, with linear back-off."""
+    async def _reconnect(self) -> None:
+        """Reopen the WebSocket after a drop, with linear back-off (RECONNECTING → WAITING or IDLE)."""
         for attempt in range(1, self.reconnect_tries + 1):
             await self._clock.sleep(min(attempt, 10) * self.reconnect_step)
-            if self.closed:
-                return False
+            if self.state is not SessionState.RECONNECTING:
+                return  # closed, or reopened by a login meanwhile
+            assert self._grant is not None
             try:
-                await self._connect_socket()
-                log.info("device %s: tunnel connection restored (try %d)", self.device_id, attempt)
-                return True
+                sock = await self.api.open_tunnel_socket(
+                    self._grant,
+                    heartbeat=self.heartbeat,
+                    timeout=self.join_timeout,
+                    max_message_bytes=self.max_message_bytes,
+                )
             except TunnelAuthError:
                 self._grant = None  # token expired: the next run() creates a new tunnel
-                return False
+                break
             except TunnelError as exc:
                 log.debug("device %s: reconnect try %d failed: %s", self.device_id, attempt, exc)
+                continue
+            if self.state is not SessionState.RECONNECTING:
+                await sock.close()
+                return
+            self._sock = sock
+            self._process(Event.RECONNECTED)
+            self._reader = asyncio.create_task(self._read_loop(sock), name=f"tunnelnb-reader-{self.device_id}")
+            log.info("device %s: tunnel connection restored (try %d)", self.device_id, attempt)
+            return
         self._sock = None
-        return False
+        self._process_if(SessionState.RECONNECTING, Event.GAVE_UP)
 
     def _send_soon(self, frame: Frame) -> None:
         if self._sock is not None:
@@ -368,16 +408,14 @@ class DeviceSession:
     async def _login(self, timeout: float) -> None:
         if self.closed:
             raise TunnelnbError(f"session to {self.device_id} is closed")
-        if self._sock is None or self._sock.closed or self._grant is None:
+        if self.state in (SessionState.IDLE, SessionState.RECONNECTING) or self._grant is None:
             await self.open()
         elif not self.joined:
             await self._wait_joined()
         assert self._credentials is not None and self._sock is not None
         user, password = self._credentials
-        loop = asyncio.get_running_loop()
-        self._login_waiter = loop.create_future()
-        self.logged_in = False
-        self._logging_in = True
+        self._login_waiter = asyncio.get_running_loop().create_future()
+        self._process(Event.LOGIN)
         deadline = self._clock.monotonic() + timeout
         try:
             await self._sock.send(Frame.connect(self._ids.next(), user, password))
@@ -385,46 +423,30 @@ class DeviceSession:
                 await self._login_waiter
             # connect_response may come before the SSH login is even tried (C SDK),
             # so the login holds only once the shell answers a framed no-op.
-            await self._sync_shell(deadline)
+            await self._sync(deadline)
         except TimeoutError:
             raise LoginError(
                 f"{self.device_id}: no answer to the login within {timeout:g} s: the device's SSH server may be "
                 "slow or unreachable",
                 None,
             ) from None
+        except BaseException:
+            self._process_if(SessionState.LOGGING_IN, Event.LOGIN_FAILED)
+            raise
         finally:
             self._login_waiter = None
-            self._logging_in = False
-        self.logged_in = True
-        self._needs_sync = False
+        if self.state is not SessionState.LOGGING_IN:
+            raise DeviceDisconnected(f"{self.device_id}: the device left the tunnel during the login", None)
+        self._process(Event.LOGGED_IN)
         log.info("device %s: logged in as %s", self.device_id, user)
 
-    async def _sync_shell(self, deadline: float) -> None:
-        """Quieten the shell and wait until a framed no-op comes back.
-
-        Early input may be lost (a C SDK device answers ``connect_response``
-        before its shell exists), so the same no-op is typed again now and then;
-        it keeps one marker, so a slow first answer still counts.
-        """
-        clock = self._clock
+    async def _sync(self, deadline: float) -> None:
+        """Run :func:`sync_shell` on this session's shell, with a fresh marker."""
         marker = new_marker_id(next(self._marker_seq), self._tag)
         running = _Running(CommandParser(marker))
         self._running = running
-        script = setup_script() + command_script(marker, "true")
-        wait = 0.5
         try:
-            while True:
-                await self._send_text(script)
-                try:
-                    async with clock.timeout_at(min(deadline, clock.monotonic() + wait)):
-                        while not isinstance(event := await running.events.get(), Finished):
-                            if isinstance(event, BaseException):
-                                raise event
-                        return
-                except TimeoutError:
-                    if clock.monotonic() >= deadline:
-                        raise
-                wait = min(wait * 2, 4.0)
+            await sync_shell(self._send_text, running.events, marker, self._clock, deadline)
         finally:
             self._running = None
 
@@ -465,14 +487,20 @@ class DeviceSession:
                     return result(ResultStatus.OFFLINE, error=str(exc))
                 except TunnelnbError as exc:
                     return result(ResultStatus.DISCONNECTED, error=str(exc))
-            if self._needs_sync:
+            if self.state is SessionState.RESYNC:
+                # The terminal flushed typed-ahead input on Ctrl-C: wait until the shell answers again.
+                self._process(Event.RUN)
                 try:
-                    await self._sync_shell(self._clock.monotonic() + timeout)
+                    await self._sync(self._clock.monotonic() + timeout)
+                    self._process_if(SessionState.RUNNING, Event.DONE)
                 except TimeoutError:
                     return result(ResultStatus.TIMEOUT, error=f"the shell did not answer within {timeout:g} s")
                 except (DeviceDisconnected, TunnelError) as exc:
                     return result(ResultStatus.DISCONNECTED, error=str(exc))
-                self._needs_sync = False
+                finally:
+                    self._process_if(SessionState.RUNNING, Event.INTERRUPTED)
+            if self.state is not SessionState.READY:  # the device left between the login and now
+                return result(ResultStatus.DISCONNECTED, error=self.last_error or f"{self.device_id} left the tunnel")
             chunks: list[str] = []
 
             def collect(text: str) -> None:
@@ -481,7 +509,7 @@ class DeviceSession:
                     on_output(text)
 
             try:
-                code = await self._execute(command, timeout, on_output=collect, interrupt=True)
+                code = await self._execute(command, timeout, on_output=collect)
             except TimeoutError:
                 return result(
                     ResultStatus.TIMEOUT,
@@ -510,20 +538,12 @@ class DeviceSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    last_result: CommandResult | None = None
-
-    async def _execute(
-        self,
-        command: str,
-        timeout: float,
-        *,
-        on_output: Callable[[str], None] | None,
-        interrupt: bool,
-    ) -> int:
-        """Frame, send and await one command; returns its exit code."""
+    async def _execute(self, command: str, timeout: float, *, on_output: Callable[[str], None] | None) -> int:
+        """Frame, send and await one command (READY → RUNNING → READY); returns its exit code."""
         marker = new_marker_id(next(self._marker_seq), self._tag)
         running = _Running(CommandParser(marker))
         self._running = running
+        self._process(Event.RUN)
         try:
             await self._send_text(command_script(marker, command))
             async with self._clock.timeout(timeout):
@@ -532,18 +552,19 @@ class DeviceSession:
                     if isinstance(event, BaseException):
                         raise event
                     if isinstance(event, Finished):
+                        self._process_if(SessionState.RUNNING, Event.DONE)
                         return event.exit_code
                     if on_output is not None:
                         on_output(event.text)
         except (TimeoutError, asyncio.CancelledError):
-            if interrupt:
+            if self.state is SessionState.RUNNING:
                 await self._interrupt()
-                # The terminal flushes typed-ahead input on Ctrl-C: the next command
-                # must wait until the shell answers again.
-                self._needs_sync = True
+                self._process_if(SessionState.RUNNING, Event.INTERRUPTED)
             raise
         finally:
             self._running = None
+            # Failed to send, or a failure came through the events: the shell's state is unknown.
+            self._process_if(SessionState.RUNNING, Event.INTERRUPTED)
 
     async def _interrupt(self) -> None:
         """Ctrl-C on the device, best effort, even while being cancelled."""
@@ -561,8 +582,3 @@ class DeviceSession:
     async def send_keys(self, text: str) -> None:
         """Type ``text`` into the device's shell as is (for interactive terminals)."""
         await self._send_text(text)
-
-    def add_output_listener(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        """Call ``callback`` with every raw output chunk; returns a function that removes it."""
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback) if callback in self._listeners else None

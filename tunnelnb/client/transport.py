@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from ..errors import ProtocolError, TunnelAuthError, TunnelClosed, TunnelError
 from ..protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, FINAL_CLOSE_CODES, CloseCode, Frame, decode_frame, encode_frame
 
-__all__ = ["TunnelSocket", "open_tunnel_socket", "tunnel_closed"]
+__all__ = ["TunnelSocket", "WebSocketLike", "tunnel_closed"]
 
-log = logging.getLogger("tunnelnb.client.transport")
+log = logging.getLogger(__name__)
 
 def tunnel_closed(code: int | None, reason: str = "") -> TunnelClosed:
     """The error for a WebSocket that closed with ``code``; ``final`` when reconnecting makes no sense."""
@@ -38,14 +38,39 @@ def _close_message(code: int | None, reason: str) -> str:
     return f"tunnel connection closed with code {code}{detail}"
 
 
+class WebSocketLike(Protocol):
+    """What a :class:`TunnelSocket` uses of aiohttp's client WebSocket.
+
+    A cassette recording wraps the live one in an object of this shape, and a
+    replay serves recorded messages through one, so both run the same decoding.
+    """
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    async def receive(self) -> Any: ...
+
+    async def send_str(self, data: str) -> None: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
 class TunnelSocket:
     """One open ``source-connect`` WebSocket."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, *, max_message_bytes: int) -> None:
+    def __init__(self, ws: WebSocketLike, *, max_message_bytes: int) -> None:
         self._ws = ws
         self.max_message_bytes = max_message_bytes
         #: The largest message received so far, in bytes (a cheap check on devices' chunking).
         self.max_received_bytes = 0
+
+    @property
+    def ws(self) -> WebSocketLike:
+        """The WebSocket underneath (for a recording to wrap: ``TunnelSocket(Wrapper(sock.ws), ...)``)."""
+        return self._ws
 
     @classmethod
     async def open(
@@ -121,17 +146,6 @@ class TunnelSocket:
             except (ConnectionResetError, aiohttp.ClientConnectionError):
                 pass
 
-
-async def open_tunnel_socket(api: Any, grant: Any, **options: Any) -> TunnelSocket:
-    """The WebSocket of a tunnel ``api`` granted: from ``api.open_tunnel_socket`` when it has one.
-
-    That method is the seam a cassette recording or replay (:mod:`tunnelnb.cassette.replay`)
-    plugs into; an API object without it gets an aiohttp WebSocket on its ``session``.
-    """
-    opener = getattr(api, "open_tunnel_socket", None)
-    if opener is not None:
-        return await opener(grant, **options)
-    return await TunnelSocket.open(api.session, grant.tunnel_uri, grant.token, **options)
 
 
 def _strip_query(uri: str) -> str:

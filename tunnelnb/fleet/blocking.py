@@ -21,7 +21,7 @@ from .fleet import Fleet, OutputCallback, ResultCallback
 from .results import Results
 from .runner import ThreadLoopRunner
 
-__all__ = ["SyncFleet", "connect_sync"]
+__all__ = ["SyncFleet"]
 
 class SyncFleet:
     """A :class:`~tunnelnb.fleet.fleet.Fleet` whose methods block."""
@@ -86,16 +86,3 @@ class SyncFleet:
             self._runner.run(self.fleet.close())
         finally:
             self._runner.close()
-
-
-def connect_sync(url: str | None = None, **kwargs: Any) -> SyncFleet:
-    """:func:`tunnelnb.connect`, blocking: returns a :class:`SyncFleet`."""
-    from .. import connect
-
-    runner = ThreadLoopRunner()
-    try:
-        fleet = runner.run(connect(url, **kwargs))
-    except BaseException:
-        runner.close()
-        raise
-    return SyncFleet(fleet, runner)

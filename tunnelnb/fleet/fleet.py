@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import getpass
 import itertools
 import logging
@@ -19,28 +20,29 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-from ..cassette.file import PASSWORD_PLACEHOLDER, RUNNING_COMMAND
-from ..client.api import PlatformAPI
-from ..client.clock import clock_for
-from ..client.session import CommandResult, DeviceSession, ResultStatus
+from ..client.backend import PASSWORD_PLACEHOLDER, PlatformBackend
+from ..client.result import CommandResult, ResultStatus
+from ..client.session import DeviceSession
 from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, RunAborted, TunnelnbError
 from .results import Results
 from .targets import select_targets
 
-if TYPE_CHECKING:
-    from ..cassette.replay import Recording
+__all__ = ["DEFAULT_MAX_SESSIONS", "RUNNING_COMMAND", "Fleet"]
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "Fleet"]
-
-log = logging.getLogger("tunnelnb.fleet.fleet")
+log = logging.getLogger(__name__)
 
 #: IoTDA allows at most 100 devices logged in at once per instance.
 DEFAULT_MAX_SESSIONS = 100
+
+#: The user's command a device's task is running (set by the fleet per device task), so
+#: that a backend that cannot answer (a replay whose cassette lacks it) can name it.
+RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command", default=None)
 
 
 OutputCallback = Callable[[str, str], None]
@@ -57,22 +59,27 @@ class Fleet:
 
     ``login`` is the default ``(user, password)`` for devices that have not been
     logged in explicitly (the embedded simulated fleet sets it).  Credentials are
-    kept in memory only, never in results or history.
+    kept in memory only, never in results or history.  ``embedded`` holds the
+    in-process servers the fleet was started with (``connect(embedded=True)``:
+    the platform and the simulated fleet), ``cleanup`` what :meth:`close` calls
+    at the end.
     """
 
     def __init__(
         self,
-        api: PlatformAPI,
+        api: PlatformBackend,
         *,
         login: tuple[str, str] | None = None,
         concurrency: int = 100,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         join_timeout: float = 15.0,
         cleanup: Iterable[Callable[[], Awaitable[Any]]] = (),
+        embedded: tuple[Any, Any] | None = None,
     ) -> None:
         if concurrency < 1 or max_sessions < 1:
             raise ValueError("concurrency and max_sessions must be at least 1")
-        self.api = api
+        self._api = api
+        self.embedded = embedded
         self.concurrency = concurrency
         self.max_sessions = max_sessions
         self.join_timeout = join_timeout
@@ -128,7 +135,7 @@ class Fleet:
         """One row per device: online, tunnel, logged in, running command, last result."""
         rows = []
         for d in self._inventory:
-            device_id = d.get("device_id")
+            device_id = str(d.get("device_id"))
             session = self._sessions.get(device_id)
             last = self._last.get(device_id)
             if session is None:
@@ -208,7 +215,7 @@ class Fleet:
         ids = self.select(targets)
         if user is not None or password is not None or password_env is not None:
             user = user or getpass.getuser()
-            replaying = getattr(self.api, "replaying", False)  # a replay sends no password anywhere
+            replaying = self.api.replaying  # a replay sends no password anywhere
             if password is None and password_env:
                 password = os.environ.get(password_env)
                 if password is None and not replaying:
@@ -344,7 +351,7 @@ class Fleet:
         login_only: bool,
     ) -> CommandResult:
         RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
-        clock = clock_for(self.api, device_id)
+        clock = self.api.clock_for(device_id)
         started_at = clock.now()
         t0 = clock.monotonic()
 
@@ -438,21 +445,61 @@ class Fleet:
         """The open session of a device, if any (for terminals and dashboards)."""
         return self._sessions.get(device_id)
 
-    # -- recording -----------------------------------------------------------
+    # -- the backend and what the fleet knows (the cassette layer's seam) ------
 
-    def record(self, path: str | os.PathLike[str]) -> Recording:
-        """Record what this fleet gets from the platform and its devices to a cassette at ``path``.
+    @property
+    def api(self) -> PlatformBackend:
+        """The platform backend the fleet's sessions use."""
+        return self._api
 
-        ``with fleet.record("incident.cassette.jsonl"): ...`` (or ``async with``, or
-        ``.start()`` / ``.stop()``): every platform answer, every tunnel frame and
-        every clock reading, per device, as JSON Lines with passwords and tokens
-        masked; ``tunnelnb.connect(replay=path)`` plays it back without a network.
-        Sessions open at the start are closed, so the cassette holds each device's
-        session from its beginning.  See :mod:`tunnelnb.cassette.replay`.
+    @property
+    def busy(self) -> bool:
+        """Is a run or login in progress on some device?"""
+        return bool(self._busy)
+
+    @property
+    def inventory(self) -> list[dict[str, Any]]:
+        """The devices as the platform listed them (a copy), as :meth:`devices` shows them."""
+        return copy.deepcopy(self._inventory)
+
+    def use_backend(self, api: PlatformBackend, *, close_sessions: bool = True) -> asyncio.Future[Any] | None:
+        """Make ``api`` the fleet's backend, between runs; returns the closing of the old sessions.
+
+        A cassette recording or replay puts its backend in this way.  With
+        ``close_sessions`` (the default) the sessions open until now are closed,
+        so each device's next session starts on the new backend: the returned
+        future finishes when they are (None when there were none, or no loop
+        runs: their tunnels are then replaced when the devices are next used).
+        Without it, they keep the backend they were made with.
         """
-        from ..cassette.replay import Recording
+        if close_sessions and self._busy:
+            raise TunnelnbError("a run is in progress: change the fleet's backend between runs")
+        self._api = api
+        old = list(self._sessions.values()) if close_sessions else []
+        if close_sessions:
+            self._sessions.clear()
+        self._changed(None)
+        if not old:
+            return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return asyncio.ensure_future(asyncio.gather(*(s.close() for s in old), return_exceptions=True))
 
-        return Recording(self, path)
+    @property
+    def default_login_user(self) -> str | None:
+        """The user of the default login, if the fleet has one."""
+        return self._default_login[0] if self._default_login else None
+
+    def login_users(self) -> dict[str, str]:
+        """The user of each device given a login of its own (passwords stay private)."""
+        return {device_id: user for device_id, (user, _) in sorted(self._logins.items())}
+
+    def secret_values(self) -> list[tuple[str, str]]:
+        """``(password, "<password>")`` for every password the fleet holds, for a recording to mask."""
+        logins = [self._default_login, *self._logins.values()]
+        return [(login[1], PASSWORD_PLACEHOLDER) for login in logins if login]
 
     # -- history and shutdown ----------------------------------------------
 

@@ -288,8 +288,8 @@ def _parse_table(text: str, *, columns: Sequence[str] | None = None, skip: int =
         names = _dedupe(columns)
         rows = []
         for line in lines:
-            cells = line.split(None, len(names) - 1)
-            rows.append({name: cells[i] if i < len(cells) else None for i, name in enumerate(names)})
+            words = line.split(None, len(names) - 1)
+            rows.append({name: words[i] if i < len(words) else None for i, name in enumerate(names)})
         return rows
     if not lines:
         raise ParseError("table: the output is empty (no header line)")
@@ -334,7 +334,8 @@ def _compile(pattern: str | re.Pattern[str] | None, flags: int = 0) -> re.Patter
     if pattern is None:
         raise ParseError("regex: give pattern=, a regular expression with named groups like (?P<load>[\\d.]+)")
     if isinstance(pattern, re.Pattern):  # re.compile() refuses flags with a compiled pattern
-        pattern, flags = pattern.pattern, flags | pattern.flags
+        flags |= pattern.flags
+        pattern = pattern.pattern
     try:
         compiled = re.compile(pattern, flags | re.MULTILINE)
     except re.error as exc:

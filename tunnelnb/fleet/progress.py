@@ -1,18 +1,19 @@
 """What front ends show while a run is going: labelled live output and progress.
 
-Shared by the magics and ``tunnelnb run``.  Everything here is fed from the
-fleet's callbacks (``on_output``, ``on_result``) and never decides anything
-about devices.
+Shared by the magics and ``tunnelnb run``; the notebook's progress bar
+(:mod:`tunnelnb.notebook.progress`) builds on :class:`ProgressCounts`.
+Everything here is fed from the fleet's callbacks (``on_output``,
+``on_result``) and never decides anything about devices.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TextIO
+from typing import TextIO
 
 from ..client.session import CommandResult
 
-__all__ = ["LiveOutput", "TextProgress", "WidgetProgress"]
+__all__ = ["LiveOutput", "ProgressCounts", "TextProgress"]
 
 _LABEL_COLOUR = "\x1b[36m"  # cyan: stands apart from device output, readable on light and dark themes
 _RESET = "\x1b[0m"
@@ -78,7 +79,9 @@ class LiveOutput:
         self.lines += len(shown)
 
 
-class _Counts:
+class ProgressCounts:
+    """Done, ok and failed out of a total, as ``[12/50] 10 ok, 2 failed``: the base of every progress display."""
+
     def __init__(self, total: int) -> None:
         self.total = total
         self.ok = self.failed = 0
@@ -97,7 +100,7 @@ class _Counts:
         return f"[{self.done}/{self.total}] {self.ok} ok, {self.failed} failed"
 
 
-class TextProgress(_Counts):
+class TextProgress(ProgressCounts):
     """``[12/50] 10 ok, 2 failed`` on a text stream: rewritten in place on a terminal, a line every 5 s otherwise."""
 
     def __init__(self, total: int, stream: TextIO, *, after_s: float = 1.0) -> None:
@@ -123,54 +126,3 @@ class TextProgress(_Counts):
         if self._shown and self._tty:
             self.stream.write("\r" + self.line() + "\n")
             self.stream.flush()
-
-
-class WidgetProgress(_Counts):
-    """An ipywidgets progress bar (done / total, with ok and failed counts) for notebooks.
-
-    Quick runs show nothing: the bar is made and displayed, in the cell that
-    started the run, only once the run has lasted ``after_s`` seconds (a loop
-    timer calls :meth:`show`).  When the run ends the bar is removed from the
-    output and its widgets are closed, since the results table says the same:
-    the saved notebook keeps no widget state and no timing-dependent output.
-    """
-
-    def __init__(self, total: int, *, after_s: float = 2.0) -> None:
-        super().__init__(total)
-        self.after_s = after_s
-        self.bar: Any = None
-        self.label: Any = None
-        self._handle: Any = None
-
-    @property
-    def shown(self) -> bool:
-        return self._handle is not None
-
-    def update(self, row: CommandResult) -> None:
-        super().update(row)
-        if self.bar is not None:
-            self.bar.value = self.done
-            self.label.value = self.line()
-            if self.failed:
-                self.bar.bar_style = "warning"
-
-    def show(self) -> None:
-        """Display the bar now, unless the run is already over."""
-        if self.shown or self.done >= self.total:
-            return
-        import ipywidgets as widgets
-        from IPython.display import display
-
-        self.bar = widgets.IntProgress(value=self.done, min=0, max=max(self.total, 1), bar_style="info")
-        self.label = widgets.HTML(self.line())
-        self._box = widgets.HBox([self.bar, self.label])
-        self._handle = display(self._box, display_id=True)
-
-    def close(self) -> None:
-        if self._handle is None:
-            return
-        self._handle.update({}, raw=True)  # the output stays, empty: nothing to save or compare
-        self._box.close()
-        self.bar.close()
-        self.label.close()
-        self._handle = self.bar = self.label = None

@@ -20,7 +20,7 @@ import pandas as pd
 from ..client.session import CommandResult, ResultStatus
 from .parsers import parse_results
 
-__all__ = ["COLUMNS", "STATUS_ORDER", "Results", "normalise_output"]
+__all__ = ["COLUMNS", "OTHER_COLOUR", "STATUS_COLOURS", "STATUS_ORDER", "Results", "normalise_output"]
 
 COLUMNS = ("device_id", "command", "status", "exit_code", "stdout", "duration_s", "started_at", "error")
 """The columns of :attr:`Results.df`, in order.
@@ -43,8 +43,8 @@ STATUS_ORDER = (
     ResultStatus.CANCELLED,
 )
 
-# Status cell colours of the notebook table: (background, text).
-_STATUS_COLOURS = {
+#: Status cell colours of the notebook tables (results, dashboard): (background, text).
+STATUS_COLOURS = {
     ResultStatus.OK: ("#d4edda", "#155724"),
     ResultStatus.ERROR: ("#f8d7da", "#721c24"),
     ResultStatus.TIMEOUT: ("#fff3cd", "#856404"),
@@ -53,7 +53,8 @@ _STATUS_COLOURS = {
     ResultStatus.DISCONNECTED: ("#ffe5d0", "#7a3e00"),
     ResultStatus.CANCELLED: ("#e2e3e5", "#383d41"),
 }
-_OTHER_COLOUR = ("#e2e3e5", "#383d41")
+#: The colours of a status not in :data:`STATUS_COLOURS`.
+OTHER_COLOUR = ("#e2e3e5", "#383d41")
 
 
 def normalise_output(text: str | None) -> str:
@@ -293,7 +294,7 @@ class Results:
             "</tr></thead><tbody>",
         ]
         for result in self._results[:max_rows]:
-            background, colour = _STATUS_COLOURS.get(result.status, _OTHER_COLOUR)
+            background, colour = STATUS_COLOURS.get(result.status, OTHER_COLOUR)
             cells = [f"<td>{esc(str(result.device_id))}</td>"]
             if not same_command:
                 cells.append(f'<td style="text-align:left"><code>{esc(result.command or "")}</code></td>')

@@ -11,85 +11,19 @@ Pure: no I/O, no widgets; feed it text, read :meth:`TerminalScreen.to_html` or
 the output, the browser wraps them) and keeps up to ``max_lines`` lines of
 scrollback; cursor addressing (``ESC[H``…) works on the last ``rows`` lines, as
 on a terminal of that height.
+
+Colours and text attributes (SGR) are :mod:`tunnelnb.notebook.sgr`'s; the
+palette is re-exported here.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from typing import NamedTuple
+
+from .sgr import DEFAULT_BACKGROUND, DEFAULT_FOREGROUND, DEFAULT_STYLE, PALETTE, Style, apply_sgr, css
 
 __all__ = ["DEFAULT_BACKGROUND", "DEFAULT_FOREGROUND", "PALETTE", "TerminalScreen"]
-
-DEFAULT_FOREGROUND = "#d4d4d4"
-DEFAULT_BACKGROUND = "#1e1e1e"
-
-#: The 16 basic colours (SGR 30-37, 90-97 and their backgrounds), xterm's.
-PALETTE = (
-    "#000000", "#cd0000", "#00cd00", "#cdcd00", "#0000ee", "#cd00cd", "#00cdcd", "#e5e5e5",
-    "#7f7f7f", "#ff0000", "#00ff00", "#ffff00", "#5c5cff", "#ff00ff", "#00ffff", "#ffffff",
-)  # fmt: skip
-
-_CUBE = (0, 95, 135, 175, 215, 255)
-
-
-def _hex(r: int, g: int, b: int) -> str:
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def _colour_256(n: int) -> str:
-    """xterm's 256-colour palette: 16 basic colours, a 6x6x6 cube, 24 greys."""
-    if n < 16:
-        return PALETTE[n]
-    if n < 232:
-        n -= 16
-        return _hex(_CUBE[n // 36], _CUBE[n // 6 % 6], _CUBE[n % 6])
-    grey = 8 + 10 * (n - 232)
-    return _hex(grey, grey, grey)
-
-
-class _Style(NamedTuple):
-    """The attributes of one character cell; ``fg``/``bg`` are CSS colours, ``None`` is the default."""
-
-    fg: str | None = None
-    bg: str | None = None
-    bold: bool = False
-    dim: bool = False
-    italic: bool = False
-    underline: bool = False
-    inverse: bool = False
-    strike: bool = False
-
-
-_DEFAULT = _Style()
-_css_cache: dict[_Style, str] = {_DEFAULT: ""}
-
-
-def _css(style: _Style) -> str:
-    """The inline CSS of a style (colours come from our palette only, never from the output)."""
-    css = _css_cache.get(style)
-    if css is None:
-        fg, bg = style.fg, style.bg
-        if style.inverse:
-            fg, bg = bg or DEFAULT_BACKGROUND, fg or DEFAULT_FOREGROUND
-        parts = []
-        if fg:
-            parts.append(f"color:{fg}")
-        if bg:
-            parts.append(f"background-color:{bg}")
-        if style.bold:
-            parts.append("font-weight:bold")
-        if style.dim:
-            parts.append("opacity:0.6")
-        if style.italic:
-            parts.append("font-style:italic")
-        decorations = [name for on, name in ((style.underline, "underline"), (style.strike, "line-through")) if on]
-        if decorations:
-            parts.append("text-decoration:" + " ".join(decorations))
-        css = ";".join(parts)
-        if len(_css_cache) < 4096:  # 24-bit colours could make it grow without end
-            _css_cache[style] = css
-    return css
 
 
 class _Line:
@@ -99,18 +33,18 @@ class _Line:
 
     def __init__(self) -> None:
         self.chars: list[str] = []
-        self.styles: list[_Style] = []
+        self.styles: list[Style] = []
         self._html: str | None = None
 
     def __len__(self) -> int:
         return len(self.chars)
 
-    def put(self, col: int, text: str, style: _Style) -> None:
+    def put(self, col: int, text: str, style: Style) -> None:
         """Write ``text`` from column ``col`` on, over what was there."""
         gap = col - len(self.chars)
         if gap > 0:
             self.chars.extend(" " * gap)
-            self.styles.extend([_DEFAULT] * gap)
+            self.styles.extend([DEFAULT_STYLE] * gap)
         end = col + len(text)
         self.chars[col:end] = text
         self.styles[col:end] = [style] * len(text)
@@ -122,7 +56,7 @@ class _Line:
             del self.chars[start:], self.styles[start:]
         elif end > start:
             self.chars[start:end] = " " * (end - start)
-            self.styles[start:end] = [_DEFAULT] * (end - start)
+            self.styles[start:end] = [DEFAULT_STYLE] * (end - start)
         self._html = None
 
     @property
@@ -138,8 +72,8 @@ class _Line:
                 while end < n and styles[end] == style:
                     end += 1
                 text = html.escape("".join(chars[start:end]))
-                css = _css(style)
-                out.append(f'<span style="{css}">{text}</span>' if css else text)
+                style_css = css(style)
+                out.append(f'<span style="{style_css}">{text}</span>' if style_css else text)
                 start = end
             self._html = "".join(out)
         return self._html
@@ -184,8 +118,8 @@ class TerminalScreen:
         self._state = _GROUND
         self._params: list[str] = []
         self._params_len = 0
-        self._style = _DEFAULT
-        self._saved: tuple[int, int, _Style] | None = None
+        self._style = DEFAULT_STYLE
+        self._saved: tuple[int, int, Style] | None = None
         self._lines: list[_Line] = [_Line()]
         self._row = 0
         self._col = 0
@@ -359,7 +293,7 @@ class TerminalScreen:
             self._state = _GROUND
             if ch == "c":  # RIS: full reset
                 self.clear()
-                self._style = _DEFAULT
+                self._style = DEFAULT_STYLE
             elif ch == "7":
                 self._save_cursor()
             elif ch == "8":
@@ -384,7 +318,7 @@ class TerminalScreen:
         if params.strip("0123456789;:"):
             return  # private (ESC[?25l), intermediates (ESC[0 q): modes we do not have
         if final == "m":
-            self._sgr(params)
+            self._style = apply_sgr(self._style, params)
             return
         args = [int(p.split(":")[0]) if p.split(":")[0] else 0 for p in params.split(";")] if params else []
 
@@ -452,80 +386,3 @@ class TerminalScreen:
         elif mode in (2, 3):
             # A notebook terminal has no separate screen and scrollback: clear means all of it.
             self.clear()
-
-    def _sgr(self, params: str) -> None:
-        groups = params.split(";") if params else [""]
-        style = self._style
-        i = 0
-        while i < len(groups):
-            sub = groups[i].split(":")
-            code = int(sub[0]) if sub[0] else 0
-            i += 1
-            if code in (38, 48, 58):
-                if len(sub) > 1:  # ESC[38:2::r:g:bm
-                    colour = _extended_colour(sub[1:], colon=True)
-                else:  # ESC[38;5;nm, ESC[38;2;r;g;bm
-                    kind = groups[i] if i < len(groups) else ""
-                    used = 1 + (1 if kind == "5" else 3 if kind == "2" else 0)
-                    colour = _extended_colour(groups[i : i + used], colon=False)
-                    i += used
-                if colour is not None and code == 38:
-                    style = style._replace(fg=colour)
-                elif colour is not None and code == 48:
-                    style = style._replace(bg=colour)
-                continue  # 58: underline colour, not shown
-            if code == 0:
-                style = _DEFAULT
-            elif code == 1:
-                style = style._replace(bold=True)
-            elif code == 2:
-                style = style._replace(dim=True)
-            elif code == 3:
-                style = style._replace(italic=True)
-            elif code in (4, 21):
-                style = style._replace(underline=not (len(sub) > 1 and sub[1] == "0"))
-            elif code == 7:
-                style = style._replace(inverse=True)
-            elif code == 9:
-                style = style._replace(strike=True)
-            elif code == 22:
-                style = style._replace(bold=False, dim=False)
-            elif code == 23:
-                style = style._replace(italic=False)
-            elif code == 24:
-                style = style._replace(underline=False)
-            elif code == 27:
-                style = style._replace(inverse=False)
-            elif code == 29:
-                style = style._replace(strike=False)
-            elif 30 <= code <= 37:
-                style = style._replace(fg=PALETTE[code - 30])
-            elif code == 39:
-                style = style._replace(fg=None)
-            elif 40 <= code <= 47:
-                style = style._replace(bg=PALETTE[code - 40])
-            elif code == 49:
-                style = style._replace(bg=None)
-            elif 90 <= code <= 97:
-                style = style._replace(fg=PALETTE[code - 90 + 8])
-            elif 100 <= code <= 107:
-                style = style._replace(bg=PALETTE[code - 100 + 8])
-        self._style = style
-
-
-def _extended_colour(values: list[str], *, colon: bool) -> str | None:
-    """The colour of ``38;5;n`` / ``38;2;r;g;b`` (``values`` from the 5 or 2 on), or None if malformed."""
-    if not values or not all(v.isdigit() or v == "" for v in values):
-        return None
-    kind, rest = values[0], values[1:]
-    if kind == "5" and rest and rest[0]:
-        n = int(rest[0])
-        return _colour_256(n) if n < 256 else None
-    if kind == "2":
-        if colon and len(rest) >= 4:
-            rest = rest[1:]  # 38:2:<colour space>:r:g:b
-        if len(rest) >= 3 and all(rest[:3]):
-            r, g, b = (int(v) for v in rest[:3])
-            if max(r, g, b) < 256:
-                return _hex(r, g, b)
-    return None

@@ -234,6 +234,7 @@ def frame_from_dict(obj: Any) -> Frame:
         expected = " or ".join(_TYPE_NAMES[t] for t in allowed)
         raise ProtocolError(f"{op_name} data must be {expected}, got {_json_kind(data)}")
     if op is Op.CONNECT:
+        assert isinstance(data, dict)
         for key in ("username", "password"):
             if not isinstance(data.get(key), str):
                 raise ProtocolError(f"connect data.{key} must be a string, got {_json_kind(data.get(key))}")
@@ -242,7 +243,7 @@ def frame_from_dict(obj: Any) -> Frame:
             port = int(port)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ProtocolError(f"connect data.port must be a TCP port number, got {port!r}")
-    if op is Op.DISCONNECT and data is not None:
+    if op is Op.DISCONNECT and isinstance(data, dict):
         for key in ("status_code", "status_msg"):
             value = data.get(key)
             if value is not None and not isinstance(value, (str, int)):

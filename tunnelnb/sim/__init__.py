@@ -3,3 +3,22 @@
 Serves the demo, Binder, tests and benchmarks.  Uses :mod:`tunnelnb.server`
 (agents, SSH servers) and :mod:`tunnelnb.client` (to register its devices).
 """
+
+from .fleet import BACKENDS, SimulatedFleet, device_secret
+from .profiles import MISBEHAVIOURS, MODELS, DeviceProfile, app_log, device_conf, make_profiles
+from .sandbox import SANDBOX_MODES
+from .serve import serve
+
+__all__ = [
+    "BACKENDS",
+    "MISBEHAVIOURS",
+    "MODELS",
+    "SANDBOX_MODES",
+    "DeviceProfile",
+    "SimulatedFleet",
+    "app_log",
+    "device_conf",
+    "device_secret",
+    "make_profiles",
+    "serve",
+]

@@ -1,0 +1,187 @@
+"""``%tunnel`` and ``%%tunnel``: the IPython face of the fleet.
+
+A thin front end: it parses, picks the loop (:mod:`tunnelnb.fleet.runner`), and shows
+what the :class:`~tunnelnb.fleet.fleet.Fleet` does.  Options are traitlets, so
+``%config TunnelMagics.timeout = 60`` and IPython profiles work.  Mistakes by
+the user are one line (:class:`~IPython.core.error.UsageError`), never a
+traceback.
+
+:class:`TunnelMagics` holds the options and the connection and dispatches; each
+subcommand lives in a module of its own, with its parser: :mod:`.connect`
+(``connect``, ``close``), :mod:`.login`, :mod:`.run` (``TARGETS -- COMMAND`` and
+the cell), :mod:`.record`, :mod:`.inventory` (``devices``, ``history``),
+:mod:`.status` and :mod:`.shell`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Float, Int
+from traitlets.config import Configurable
+
+from ...errors import CassetteMismatch, TunnelnbError
+from ...fleet.fleet import Fleet
+from ...fleet.runner import KernelLoopRunner, LoopRunner
+from . import connect, inventory, login, record, run, shell, status
+from .parsing import HelpShown, parse
+
+__all__ = ["SUBCOMMANDS", "TunnelMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+#: ``%tunnel NAME …``: what runs it, given the magics and the rest of the line.
+SUBCOMMANDS: dict[str, Callable[[TunnelMagics, str], Any]] = {
+    "connect": connect.connect,
+    "devices": inventory.devices,
+    "login": login.login,
+    "shell": shell.shell,
+    "status": status.status,
+    "history": inventory.history,
+    "record": record.record,
+    "close": connect.close,
+}
+
+LINE_HELP = """\
+Run shell commands on devices behind the secure tunnel, and manage the connection.
+
+Line magic::
+
+  %tunnel connect --embedded [--devices N] [--seed S]   local platform + simulated fleet in this kernel
+  %tunnel connect URL [--project-id P] [--api-token-env VAR] [--ca-bundle PEM]
+  %tunnel connect huaweicloud --region R [--project-id P] [--instance-id I]   AK/SK from $HUAWEICLOUD_SDK_AK/_SK
+  %tunnel connect                         $TUNNELNB_URL when set, else --embedded
+  %tunnel devices [--refresh]             the inventory table
+  %tunnel login TARGETS [--user U] [--password-env VAR]   (prompts when no variable is given)
+  %tunnel TARGETS [--timeout S] -- COMMAND    one command on the targets
+  %tunnel shell DEVICE                    an interactive terminal (notebooks)
+  %tunnel status                          the live fleet dashboard
+  %tunnel history [--last N]              every run so far
+  %tunnel close [TARGETS | --all]         close sessions (everything with --all or no targets)
+
+Record and replay (cassettes: JSON Lines, passwords and tokens masked)::
+
+  %tunnel record PATH                     record what the fleet gets from now on (platform answers, frames)
+  %tunnel record --stop                   write it: says how many events, devices and secrets masked
+  %tunnel connect --replay PATH [--mode none|new_episodes|all]   play a cassette back, no network
+                                          (new_episodes: what it lacks runs live and is added; all: record anew)
+  %tunnel connect --cassette PATH [--devices N --seed S]   a notebook's own cassette: replayed, unless
+                                          $TUNNELNB_URL is set (then live, nothing recorded); --mode or
+                                          $TUNNELNB_RECORD_MODE=all records it anew (from $TUNNELNB_URL, else an
+                                          embedded fleet of N devices, seed S)
+
+Cell magic: the cell is one shell script, run on every target in its persistent
+shell; ``{expr}`` and ``$var`` expand from the notebook's namespace as for ``!``
+lines (``$$`` is a literal ``$``; ``--raw`` turns expansion off).
+
+TARGETS: ids, globs (``device-*``), ranges (``device-0[1-4]``), tags (``@edge``,
+``@fw=2.1``), several separated by spaces.  Secrets are never accepted on the
+line: passwords and tokens come from environment variables or a hidden prompt.
+"""
+
+
+@magics_class
+class TunnelMagics(Magics):
+    """The ``%tunnel`` magics; configurable with ``%config TunnelMagics.<option> = value``."""
+
+    timeout = Float(30.0, help="Seconds a command may run on a device before it is interrupted.").tag(config=True)
+    concurrency = Int(100, help="Devices running a command at once.").tag(config=True)
+    display_limit = Int(50, help="Rows shown in a results table (all rows stay in .df).").tag(config=True)
+    stream = Bool(True, help="Show device output live while a cell runs.").tag(config=True)
+    stream_max_lines = Int(1000, help="Live output lines per run before the rest is left to the table.").tag(
+        config=True
+    )
+    progress_after = Float(2.0, help="Seconds into a run before the progress bar appears.").tag(config=True)
+    devices = Int(8, help="Devices in the embedded simulated fleet (connect --embedded).").tag(config=True)
+    seed = Int(1, help="Seed of the embedded simulated fleet (connect --embedded).").tag(config=True)
+
+    def __init__(self, shell: Any) -> None:
+        Configurable.__init__(self, config=shell.config)
+        Magics.__init__(self, shell=shell)
+        self.fleet: Fleet | None = None
+        self.runner: LoopRunner | None = None  # the fleet's event loop, from connect to close
+        self.where = ""  # what we are connected to, as connect said it
+        self.dashboard: Any = None  # the one live dashboard: a new %tunnel status replaces it
+        self.recording: Any = None  # %tunnel record PATH, until --stop
+
+    # -- the magic ---------------------------------------------------------
+
+    @magic_arguments()
+    @argument("targets", nargs="*", help="devices: ids, globs, ranges, @tags")
+    @argument("--timeout", type=float, help="seconds per device (default: TunnelMagics.timeout)")
+    @argument("--concurrency", type=int, help="devices at once (default: TunnelMagics.concurrency)")
+    @argument("--parse", metavar="FMT", help="parse the outputs: kv, json, csv, table or regex")
+    @argument("--pattern", help="the regex for --parse regex (named groups become columns)")
+    @argument("--include-failed", action="store_true", help="--parse also the output of devices that failed")
+    @argument("-o", "--out", metavar="VAR", help="store the Results object in this variable")
+    @argument("--no-stream", action="store_true", help="do not show device output live")
+    @argument("--raw", action="store_true", help="do not expand {expr} and $var in the cell")
+    @line_cell_magic
+    def tunnel(self, line: str, cell: str | None = None) -> Any:
+        try:
+            if cell is None:
+                return self._line(line)
+            return run.run_cell(self, parse(line, self.tunnel.parser), cell)
+        except (TunnelnbError, CassetteMismatch) as exc:
+            raise UsageError(str(exc)) from None
+        except HelpShown:
+            return None
+
+    # The help shows the subcommands first, then the cell magic's options.
+    tunnel.__doc__ = LINE_HELP + "\n" + (tunnel.__doc__ or "")
+
+    def _line(self, line: str) -> Any:
+        words = line.split()
+        if "--" in words:
+            return run.run_line(self, line)
+        if not words:
+            raise UsageError("what should %tunnel do? Try %tunnel connect --embedded, or %tunnel? for help")
+        sub, rest = words[0], line.strip()[len(words[0]) :]
+        if sub not in SUBCOMMANDS:
+            raise UsageError(
+                f"unknown subcommand {sub!r}: use {', '.join(SUBCOMMANDS)}, or TARGETS -- COMMAND (see %tunnel?)"
+            )
+        return SUBCOMMANDS[sub](self, rest)
+
+    # -- what the subcommands share ----------------------------------------------
+
+    def need_fleet(self) -> Fleet:
+        """The connected fleet; a usage error when there is none."""
+        if self.fleet is None:
+            raise UsageError("not connected: run %tunnel connect --embedded (or %tunnel connect URL) first")
+        return self.fleet
+
+    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run a coroutine on the fleet's loop until it is done."""
+        assert self.runner is not None
+        return self.runner.run(coro)
+
+    def event_loop(self) -> Any:
+        """The fleet's event loop, for widgets and timers."""
+        assert self.runner is not None
+        return self.runner.loop
+
+    def in_kernel(self) -> bool:
+        """Is this a notebook kernel (widgets can be shown), not a terminal IPython?"""
+        return isinstance(self.runner, KernelLoopRunner) and getattr(self.shell, "kernel", None) is not None
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext tunnelnb``."""
+    magics = TunnelMagics(ipython)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)
+    ipython._tunnelnb_magics = magics
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext tunnelnb``: close the connection."""
+    magics = getattr(ipython, "_tunnelnb_magics", None)
+    if magics is not None:
+        connect.disconnect(magics, quiet=True)
+        if magics in ipython.configurables:
+            ipython.configurables.remove(magics)
+        del ipython._tunnelnb_magics

@@ -1,0 +1,200 @@
+"""``%tunnel connect`` and ``%tunnel close``: the connection's beginning and end.
+
+``connect`` opens a :class:`~tunnelnb.fleet.fleet.Fleet` with
+:func:`tunnelnb.connect` (an embedded platform, a URL, Huawei Cloud, or a
+cassette) on a loop picked for this thread; :func:`disconnect` stops a
+recording, closes the fleet and its loop.  One connection at a time: a new
+``connect`` closes the old one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument
+
+from ...cassette import MODES
+from ...fleet.fleet import Fleet
+from ...fleet.runner import LoopRunner, runner_for_this_thread
+from .parsing import parse, prompt, subcommand
+from .status import close_dashboard
+
+if TYPE_CHECKING:
+    from . import TunnelMagics
+
+__all__ = ["close", "connect", "disconnect"]
+
+
+@subcommand("connect")
+@argument("url", nargs="?", help="the platform's base URL (default: $TUNNELNB_URL, else --embedded)")
+@argument("--embedded", action="store_true", help="local platform + simulated fleet in this process")
+@argument("--devices", type=int, help="simulated devices (default: TunnelMagics.devices)")
+@argument("--seed", type=int, help="simulated fleet seed (default: TunnelMagics.seed)")
+@argument("--project-id", help="project id (default: $TUNNELNB_PROJECT_ID or demo)")
+@argument("--api-token-env", default="TUNNELNB_API_TOKEN", metavar="VAR", help="variable holding the API token")
+@argument("-o", "--out", metavar="VAR", help="also store the Fleet in this variable")
+@argument("--region", help="connect huaweicloud: the IoTDA region, e.g. cn-north-4")
+@argument("--endpoint", metavar="URL", help="connect huaweicloud: your instance's application endpoint")
+@argument("--instance-id", help="connect huaweicloud: the IoTDA instance (Instance-Id header)")
+@argument("--ca-bundle", metavar="PEM", help="trust an https platform's certificate from this CA bundle")
+@argument("--insecure", action="store_true", help="do not verify the platform's certificate (warns)")
+@argument("--replay", metavar="PATH", help="play this cassette back instead (no network with --mode none)")
+@argument(
+    "--cassette",
+    metavar="PATH",
+    help="the notebook's cassette: replayed unless $TUNNELNB_URL is set (then live, nothing recorded)",
+)
+@argument(
+    "--mode",
+    choices=MODES,
+    help="cassette mode (default $TUNNELNB_RECORD_MODE, else none): none replays strictly, new_episodes runs "
+    "what the cassette lacks live and adds it, all records anew",
+)
+def connect(magics: TunnelMagics, rest: str) -> None:
+    """Connect to a platform, or start an embedded one with a simulated fleet."""
+    args = parse(rest, connect.parser)
+    import tunnelnb
+
+    if args.embedded and args.url:
+        raise UsageError("connect takes a platform URL or --embedded, not both")
+    cassette, mode = _cassette(args)
+    if cassette is not None and mode == "none":
+        disconnect(magics, quiet=True)
+        runner = runner_for_this_thread()
+        try:
+            fleet = runner.run(tunnelnb.connect(replay=cassette, concurrency=magics.concurrency))
+        except BaseException:
+            runner.close()
+            raise
+        api: Any = fleet.api
+        when = f"{api.recorded_at:%Y-%m-%d %H:%M} UTC"
+        _connected(magics, fleet, runner, f"cassette {cassette} (recorded {when} from {api.platform})", args.out)
+        return
+    replay = {"replay": cassette, "mode": mode} if cassette is not None else {}
+    if not args.embedded and not args.url:
+        # The notebook default: the platform in $TUNNELNB_URL (Binder, a real one), else an embedded one.
+        args.url = os.environ.get("TUNNELNB_URL") or None
+        args.embedded = args.url is None
+        if args.url and (args.devices is not None or args.seed is not None):
+            print("note: --devices and --seed are for an embedded fleet; connecting to $TUNNELNB_URL instead")
+    disconnect(magics, quiet=True)
+    runner = runner_for_this_thread()
+    try:
+        if args.embedded:
+            devices = magics.devices if args.devices is None else args.devices
+            seed = magics.seed if args.seed is None else args.seed
+            fleet = runner.run(
+                tunnelnb.connect(embedded=True, devices=devices, seed=seed, concurrency=magics.concurrency, **replay)
+            )
+            platform = fleet.embedded[0]  # type: ignore[attr-defined]
+            where = f"embedded platform {platform.base_url} with {devices} simulated devices (seed {seed})"
+        elif args.url == "huaweicloud":
+            if not (args.region or args.endpoint):
+                raise UsageError("connect huaweicloud needs --region R (or --endpoint URL of your instance)")
+            fleet = runner.run(
+                tunnelnb.connect(
+                    huaweicloud=args.region or True,
+                    project_id=args.project_id,
+                    instance_id=args.instance_id,
+                    endpoint=args.endpoint,
+                    concurrency=magics.concurrency,
+                    **replay,
+                )
+            )
+            where = f"Huawei Cloud IoTDA {fleet.api.base_url}, project {fleet.api.project_id}, access key ****"
+        else:
+            token = os.environ.get(args.api_token_env)
+            if not token:
+                token = prompt(f"API token for {args.url} (${args.api_token_env} is not set): ")
+            fleet = runner.run(
+                tunnelnb.connect(
+                    args.url,
+                    project_id=args.project_id,
+                    api_token=token,
+                    ca_bundle=args.ca_bundle,
+                    insecure=args.insecure,
+                    concurrency=magics.concurrency,
+                    **replay,
+                )
+            )
+            where = f"{args.url}, project {fleet.api.project_id}, token ****"
+    except BaseException:
+        runner.close()
+        raise
+    if mode == "all":
+        where += f", recording to {cassette}"
+    elif mode == "new_episodes":
+        where += f", replaying {cassette} (what it lacks runs live and is added to it)"
+    _connected(magics, fleet, runner, where, args.out)
+
+
+@subcommand("close")
+@argument("targets", nargs="*", help="devices whose sessions to close")
+@argument("--all", action="store_true", help="close everything, including an embedded platform")
+def close(magics: TunnelMagics, rest: str) -> None:
+    """Close sessions; with no targets (or --all) the whole connection."""
+    args = parse(rest, close.parser)
+    if args.all or not args.targets:
+        if magics.fleet is None:
+            print("nothing to close")
+            return
+        disconnect(magics)
+        return
+    fleet = magics.need_fleet()
+    ids = fleet.select(" ".join(args.targets))
+    magics.call(fleet.close(ids))
+    print(f"closed {len(ids)} session(s)")
+
+
+def disconnect(magics: TunnelMagics, *, quiet: bool = False) -> None:
+    """Close the dashboard, stop a recording, close the fleet and its loop; say so unless ``quiet``."""
+    close_dashboard(magics)
+    fleet, runner = magics.fleet, magics.runner
+    magics.fleet, magics.runner = None, None
+    if fleet is None or runner is None:
+        return
+    recording = magics.recording or getattr(fleet.api, "recording", None)
+    magics.recording = None
+    summary = recording.stop() if recording is not None and recording.active else None
+    try:
+        runner.run(fleet.close())
+    finally:
+        runner.close()
+    if not quiet:
+        print(f"closed the connection to {magics.where}")
+        if summary is not None:
+            print(summary)
+
+
+def _connected(magics: TunnelMagics, fleet: Fleet, runner: LoopRunner, where: str, out: str | None) -> None:
+    magics.fleet, magics.runner, magics.where = fleet, runner, where
+    df = fleet.devices()
+    online = int((df.status == "ONLINE").sum())
+    print(f"connected to {where}: {len(df)} devices, {online} online")
+    if out:
+        magics.shell.user_ns[out] = fleet
+
+
+def _cassette(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The cassette and mode ``connect`` uses: ``(None, None)`` to connect live without one.
+
+    ``--replay PATH`` always uses it; ``--cassette PATH`` only when no platform is
+    at hand (no URL, no ``--embedded``, no ``$TUNNELNB_URL``) or a mode says to.
+    """
+    if args.replay and args.cassette:
+        raise UsageError("connect takes --replay PATH or --cassette PATH, not both")
+    path = args.replay or args.cassette
+    mode = args.mode or os.environ.get("TUNNELNB_RECORD_MODE") or None
+    if path is None:
+        if args.mode:
+            raise UsageError("--mode is a cassette's: connect --replay PATH --mode MODE")
+        return None, None
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"unknown cassette mode {mode!r} ($TUNNELNB_RECORD_MODE?): use one of {', '.join(MODES)}")
+    if args.cassette and mode is None and (args.url or args.embedded or os.environ.get("TUNNELNB_URL")):
+        print(f"note: a platform is at hand, so this runs live; the cassette {path} is not used")
+        return None, None
+    return path, mode or "none"

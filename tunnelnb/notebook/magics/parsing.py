@@ -1,0 +1,87 @@
+"""Reading what the user gives ``%tunnel``: subcommand lines, cell scripts, target words, hidden prompts.
+
+Shared by the subcommand modules.  Every mistake here is a one-line
+:class:`~IPython.core.error.UsageError`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import MagicArgumentParser, kwds, magic_arguments
+from IPython.utils.text import DollarFormatter
+
+__all__ = ["HelpShown", "expand", "parse", "prompt", "subcommand", "target_words"]
+
+
+class HelpShown(Exception):
+    """A subcommand's ``-h``: its help is printed, and there is nothing else to do."""
+
+
+def subcommand(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """:func:`~IPython.core.magic_arguments.magic_arguments` for ``%tunnel NAME``.
+
+    The function's ``@argument`` decorators and its docstring (the description)
+    make its ``.parser``, whose program is ``tunnel NAME`` and which takes ``-h``.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        return magic_arguments(name=f"tunnel {name}")(kwds(add_help=True)(func))
+
+    return decorate
+
+
+def parse(rest: str, parser: MagicArgumentParser) -> argparse.Namespace:
+    """The arguments of a magic line; :class:`HelpShown` after ``-h`` has printed the help."""
+    try:
+        words = shlex.split(rest)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse {rest.strip()!r}: {exc}") from None
+    try:
+        return parser.parse_args(words)
+    except SystemExit:  # -h printed the help
+        raise HelpShown from None
+
+
+def target_words(words: list[str]) -> list[str]:
+    """The target words of a magic line; a Python list or tuple expanded into it (``$ids``) counts too.
+
+    IPython expands ``$ids`` to ``['device-01', 'device-02']``, which the line's
+    shell-style splitting turns into ``[device-01,`` ``device-02]``.  Bracket
+    ranges (``device-0[1-4]``) never start with a bracket, so they are safe.
+    """
+    text = " ".join(words).strip()
+    if len(text) >= 2 and text[0] in "[(" and text[-1] in "])":
+        return [w for w in text[1:-1].replace(",", " ").split() if w]
+    return words
+
+
+def expand(script: str, namespace: dict[str, Any]) -> str:
+    """``{expr}`` and ``$var`` from the notebook, as IPython expands ``!`` lines.
+
+    As there, it is all or nothing: when one name is unknown (``$HOME`` is the
+    shell's), the script is left exactly as written.  IPython's formatter is
+    made for single lines (it drops the lines before a ``$name``), so each line
+    is expanded on its own.
+    """
+    formatter = DollarFormatter()
+    try:
+        return "".join(formatter.vformat(line, args=[], kwargs=namespace) for line in script.splitlines(keepends=True))
+    except Exception:
+        return script
+
+
+def prompt(question: str) -> str:
+    """A secret typed at a hidden prompt (never on the magic line)."""
+    try:
+        answer = getpass.getpass(question)
+    except Exception as exc:  # no terminal and no notebook front end (e.g. nbclient)
+        raise UsageError(f"cannot prompt here ({exc}): give the secret through an environment variable") from None
+    if not answer:
+        raise UsageError("nothing entered")
+    return answer

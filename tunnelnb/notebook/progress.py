@@ -1,0 +1,66 @@
+"""The notebook's progress bar for a ``%%tunnel`` run.
+
+It lives here, not with the text progress in :mod:`tunnelnb.fleet.progress`,
+because it is made of ipywidgets and displayed in a cell: the fleet knows
+nothing of notebooks.  The counting is shared (:class:`ProgressCounts`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..client.session import CommandResult
+from ..fleet.progress import ProgressCounts
+
+__all__ = ["WidgetProgress"]
+
+
+class WidgetProgress(ProgressCounts):
+    """An ipywidgets progress bar (done / total, with ok and failed counts) for notebooks.
+
+    Quick runs show nothing: the bar is made and displayed, in the cell that
+    started the run, only once the run has lasted ``after_s`` seconds (a loop
+    timer calls :meth:`show`).  When the run ends the bar is removed from the
+    output and its widgets are closed, since the results table says the same:
+    the saved notebook keeps no widget state and no timing-dependent output.
+    """
+
+    def __init__(self, total: int, *, after_s: float = 2.0) -> None:
+        super().__init__(total)
+        self.after_s = after_s
+        self.bar: Any = None
+        self.label: Any = None
+        self._handle: Any = None
+
+    @property
+    def shown(self) -> bool:
+        return self._handle is not None
+
+    def update(self, row: CommandResult) -> None:
+        super().update(row)
+        if self.bar is not None:
+            self.bar.value = self.done
+            self.label.value = self.line()
+            if self.failed:
+                self.bar.bar_style = "warning"
+
+    def show(self) -> None:
+        """Display the bar now, unless the run is already over."""
+        if self.shown or self.done >= self.total:
+            return
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        self.bar = widgets.IntProgress(value=self.done, min=0, max=max(self.total, 1), bar_style="info")
+        self.label = widgets.HTML(self.line())
+        self._box = widgets.HBox([self.bar, self.label])
+        self._handle = display(self._box, display_id=True)
+
+    def close(self) -> None:
+        if self._handle is None:
+            return
+        self._handle.update({}, raw=True)  # the output stays, empty: nothing to save or compare
+        self._box.close()
+        self.bar.close()
+        self.label.close()
+        self._handle = self.bar = self.label = None

@@ -1,0 +1,271 @@
+"""The device side of one tunnel: the WebSocket a ``tunnel_notify`` tells the agent to open.
+
+:class:`Tunnel` connects to the tunnel URI with its access token, reconnects
+after drops (keeping output for the reconnect, up to a bound), answers pings
+and hands ``connect``/``command``/``disconnect`` frames to its
+:class:`~.session.ShellSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from ...errors import ProtocolError
+from ...protocol.devicelink import TunnelNotify
+from ...protocol.frames import CloseCode, Frame, Op, chunk_text, decode_frame
+from .quirks import encode_as, encoded_size, output_budget
+from .session import ShellSession
+from .shells import reason
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+__all__ = ["WS_TIMEOUT", "Tunnel"]
+
+log = logging.getLogger(__name__)
+
+#: Close codes after which the device SDKs do not reconnect: normal, auth failed, replaced.
+NO_RECONNECT_CODES = frozenset({1000, 1002, 4000})
+#: Output kept while the tunnel is down (counted in characters of JSON text); beyond it the
+#: shell is paused until the tunnel is back.
+OFFLINE_BUFFER_BYTES = 1 << 20
+#: ws_connect's timeout (for the device link too): how long closing waits for the peer's close frame.
+WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
+
+
+class Tunnel:
+    """The device side of one tunnel: its WebSocket (reconnected after drops) and its shell session."""
+
+    def __init__(self, agent: Agent, notify: TunnelNotify, after: asyncio.Task[None] | None) -> None:
+        self.agent = agent
+        self.uri = notify.tunnel_uri
+        self._token = notify.tunnel_access_token
+        self.ws: aiohttp.ClientWebSocketResponse | None = None  # live: backlog flushed
+        self._connecting: aiohttp.ClientWebSocketResponse | None = None
+        self._backlog: deque[str] = deque()
+        self._backlog_bytes = 0
+        self._send_lock = asyncio.Lock()
+        self._online = asyncio.Event()
+        self._wake = asyncio.Event()  # cuts the reconnect back-off short (close, or a repeated notify)
+        self.closing = False
+        self.latest_id = ""
+        self.session: ShellSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.connects = 0
+        self.task = asyncio.create_task(self._run(after), name="tunnelnb-agent-tunnel")
+
+    @property
+    def connected(self) -> bool:
+        return self.ws is not None and not self.ws.closed
+
+    def serves(self, notify: TunnelNotify) -> bool:
+        """Is ``notify`` about this very tunnel (same URI and token), still being served?"""
+        return (
+            not self.closing
+            and self.uri == notify.tunnel_uri
+            and hmac.compare_digest(self._token.encode(), notify.tunnel_access_token.encode())
+        )
+
+    def retry_now(self) -> None:
+        """Skip the rest of a reconnect back-off."""
+        self._wake.set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- sending -----------------------------------------------------------------
+
+    async def send(self, frame: Frame) -> None:
+        """Send now, or keep for after the reconnect while the tunnel is down."""
+        text = encode_as(self.agent.quirks, frame)
+        async with self._send_lock:
+            ws = self.ws
+            if ws is not None and not ws.closed:
+                try:
+                    await ws.send_str(text)
+                    return
+                except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+                    log.debug("tunnel send failed (%s): keeping the frame for the reconnect", exc)
+            if ws is not None:  # it broke: offline until the reconnect has flushed the backlog
+                self.ws = None
+                self._online.clear()
+            if self.closing:
+                return
+            self._backlog.append(text)
+            self._backlog_bytes += len(text)
+
+    async def send_output(self, frame: Frame) -> None:
+        """Send a command_response; wait while the offline backlog is full (the shell then pauses)."""
+        agent = self.agent
+        if agent.quirks != "none" and encoded_size(agent.quirks, frame) > agent.max_message_bytes:
+            # Never exceed the platform's limit, even where the emulated SDK would.
+            budget = output_budget(agent.quirks, agent.max_message_bytes)
+            for piece in chunk_text(frame.data, frame.request_id, max_bytes=budget):
+                await self.send(piece)
+        else:
+            await self.send(frame)
+        while self._backlog_bytes >= OFFLINE_BUFFER_BYTES and not self.closing:
+            await self._online.wait()
+
+    # -- connection ----------------------------------------------------------------
+
+    async def _run(self, after: asyncio.Task[None] | None) -> None:
+        agent = self.agent
+        attempt = 0
+        try:
+            if after is not None:  # the replaced tunnel closes first (one device-side socket at a time)
+                await asyncio.wait({after})
+            while not self.closing:
+                ws = None
+                try:
+                    ws = await agent.http.ws_connect(
+                        self.uri,
+                        headers={"tunnel_access_token": self._token},
+                        heartbeat=agent.heartbeat,
+                        timeout=WS_TIMEOUT,
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    if exc.status in (401, 403, 404):
+                        log.error("the platform refused the tunnel connection (HTTP %d): giving up", exc.status)
+                        return
+                    log.warning("tunnel connection refused (HTTP %d)", exc.status)
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.warning("cannot open the tunnel connection: %s", reason(exc))
+                if ws is not None:
+                    attempt = 0
+                    self._connecting = ws
+                    await self._serve(ws)
+                    if self.closing:
+                        return
+                    code = ws.close_code
+                    if code in NO_RECONNECT_CODES:
+                        log.info("tunnel connection closed by the platform (code %s)", code)
+                        return
+                    log.warning("tunnel connection lost (code %s): reconnecting", code)
+                attempt += 1
+                if attempt > agent.reconnect_tries:
+                    log.error("tunnel connection lost for good after %d tries", agent.reconnect_tries)
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), agent.reconnect_step * min(attempt, 10))
+        finally:
+            self.closing = True
+            self._online.set()  # release output waiting for a reconnect that will not come
+            await self._end_session()
+            ws, self.ws, self._connecting = self._connecting, None, None
+            if ws is not None and not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close(code=CloseCode.NORMAL)
+            agent.tunnel_done(self)
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Flush what was kept while offline, then handle frames until the socket closes."""
+        self.connects += 1
+        async with self._send_lock:
+            try:
+                while self._backlog:
+                    await ws.send_str(self._backlog[0])
+                    self._backlog_bytes -= len(self._backlog.popleft())
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                pass  # broken again: stay offline; the receive loop below ends at once and we reconnect
+            else:
+                self.ws = ws
+                self._online.set()
+        log.info("tunnel connected (%s)", "reconnect" if self.connects > 1 else "first connection")
+        try:
+            async for msg in ws:
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    try:
+                        await self._on_message(msg.data)
+                    except Exception:  # a bug must not take the tunnel down
+                        log.exception("failed to handle a tunnel message")
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    log.warning("tunnel connection error: %s", ws.exception())
+                    break
+        finally:
+            self.ws = None
+            self._online.clear()
+
+    async def _on_message(self, data: str | bytes) -> None:
+        if self.closing:
+            return
+        try:
+            frame = decode_frame(data, max_bytes=None)
+        except ProtocolError as exc:
+            log.warning("ignoring a malformed tunnel message: %s", exc)
+            return
+        self.latest_id = frame.request_id
+        op = frame.op
+        if op is Op.CONNECT:
+            if self.agent.quirks == "c-sdk":  # the C SDK answers before it even tries SSH
+                await self.send(Frame(Op.CONNECT_RESPONSE, frame.request_id, None))
+            old, self.session = self.session, ShellSession(self, frame)
+            if old is not None:
+                log.info("a new connect replaces the session of user %r", old.username)
+                self.spawn(self._cancel(old))
+        elif op is Op.COMMAND:
+            session = self.session
+            if session is None:
+                log.warning("command %r ignored: no shell session is open (connect first)", frame.request_id)
+                return
+            try:
+                raw = frame.data.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = frame.data.encode("utf-8", "replace")
+            session.write(raw, frame.request_id)
+        elif op is Op.DISCONNECT:
+            status = frame.data.get("status_code") if isinstance(frame.data, dict) else None
+            log.info("the platform sent disconnect (status %s): ending the shell session", status)
+            # In the background: the platform's close frame follows at once and must be read
+            # while the shell winds down, or the close times out and looks like a drop (1006).
+            self.spawn(self._end_session())
+        elif op is Op.PING:
+            await self.send(Frame(Op.PONG, frame.request_id, None))
+        else:
+            log.debug("ignoring %s frame", op)
+
+    def session_done(self, session: ShellSession) -> None:
+        if self.session is session:
+            self.session = None
+
+    @staticmethod
+    async def _cancel(session: ShellSession) -> None:
+        session.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await session.task
+
+    async def _end_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await self._cancel(session)
+
+    async def close(self, goodbye: Frame | None = None) -> None:
+        """End the session, optionally say ``goodbye``, close the socket with 1000; idempotent."""
+        self.closing = True  # from now on incoming frames are ignored and nothing reconnects
+        self._wake.set()
+        await self._end_session()
+        if goodbye is not None and self.connected:
+            await self.send(goodbye)
+        ws = self._connecting
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close(code=CloseCode.NORMAL)
+        # _run ends by itself once its socket is closed; cancel it if it is stuck connecting.
+        await asyncio.wait({self.task}, timeout=1.0)
+        if not self.task.done():
+            self.task.cancel()
+            await asyncio.wait({self.task})
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,322 @@
+"""The :class:`Platform`: settings, state, the aiohttp application and its life cycle.
+
+The platform owns what it knows (devices, tunnels, MQTT presence) and hands it to
+the collaborators that serve it: :class:`~.auth.Auth` (REST credentials),
+:class:`~.devices.DeviceRegistry` (devices, device links, notifications),
+:class:`~.relay.Relay` (tunnel WebSockets) and :class:`~.rest.RestApi`.  They read
+the platform's settings live, so a test can replace :attr:`Platform.clock`.
+Also here: :func:`serve`, the ``tunnelnb platform`` command's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ...errors import PlatformError
+from ...protocol import signing
+from ...protocol.devicelink import LINK_PATH
+from ...protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, CloseCode, Frame
+from ..mqttbase import Presence
+from .auth import Auth
+from .devices import DeviceRegistry
+from .http import error_middleware, stamp_request_id
+from .model import Conn, Device, ErrorCode, Tunnel
+from .mqtt import PlatformMqtt
+from .relay import Relay
+from .rest import RestApi
+from .sockets import Sockets
+
+__all__ = ["Platform", "serve"]
+
+logger = logging.getLogger(__name__)
+
+_SHUTDOWN_TIMEOUT = 5.0
+
+
+class Platform:
+    """The local IoTDA-compatible platform, in memory.
+
+    ``api_token`` is the default project's ``X-Auth-Token`` (random when omitted);
+    ``ak`` and ``sk``, an access key pair for the default project: REST calls signed
+    with it as Huawei Cloud's SDKs sign them (:mod:`tunnelnb.protocol.signing`) are accepted too,
+    when their ``X-Sdk-Date`` is within ``signature_clock_skew`` seconds of the clock;
+    ``token_ttl`` is how long a tunnel's access tokens stay valid, counted from the
+    tunnel's creation; ``heartbeat`` is the WebSocket ping interval (None disables it);
+    ``link_clock_skew`` is how far a device's ``X-Device-Timestamp`` may stray from
+    the platform's clock.  ``clock`` (seconds since the epoch) can be replaced, so
+    token expiry and timestamp checks are testable without waiting.
+
+    ``mqtt_url`` (``mqtt://[user:password@]HOST[:PORT]`` or ``mqtts://…``, TLS
+    verified per ``mqtt_ssl``) also sends the notifications through an MQTT broker,
+    as IoTDA does: a device that is ONLINE by MQTT presence (see :mod:`tunnelnb.server.mqtt`)
+    gets its ``tunnel_notify`` published to ``$oc/devices/{device_id}/sys/events/down``
+    with QoS 1; devices on a device link keep getting theirs over the link.
+    """
+
+    def __init__(
+        self,
+        *,
+        project_id: str = "demo",
+        api_token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_tunnels: int = 1000,
+        token_ttl: int = 86400,
+        heartbeat: float | None = 20.0,
+        link_clock_skew: int = 2 * 3600,
+        ak: str | None = None,
+        sk: str | None = None,
+        signature_clock_skew: int = signing.DEFAULT_MAX_SKEW,
+        ssl_context: ssl.SSLContext | None = None,
+        mqtt_url: str | None = None,
+        mqtt_ssl: ssl.SSLContext | bool = True,
+    ) -> None:
+        if max_message_bytes < 64:
+            raise ValueError(f"max_message_bytes={max_message_bytes} is too small to carry a frame")
+        if max_tunnels < 1:
+            raise ValueError("max_tunnels must be at least 1")
+        if token_ttl < 1:
+            raise ValueError("token_ttl must be at least 1 second")
+        if (ak is None) != (sk is None):
+            raise ValueError("ak and sk go together: give both or neither")
+        if signature_clock_skew < 0:
+            raise ValueError("signature_clock_skew must not be negative")
+        self.project_id = project_id
+        self.ssl_context = ssl_context  # https:// and wss:// when given (see tunnelnb.tls.server_ssl)
+        self.api_token = api_token if api_token is not None else secrets.token_urlsafe(24)
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        self.max_tunnels = max_tunnels
+        self.token_ttl = token_ttl
+        self.heartbeat = heartbeat
+        self.link_clock_skew = link_clock_skew
+        self.signature_clock_skew = signature_clock_skew
+        self.clock: Callable[[], float] = time.time
+        self.base_url = ""
+        self._devices: dict[str, Device] = {}
+        self._tunnels: dict[str, Tunnel] = {}
+        self._presence: dict[str, Presence] = {}  # device id -> its latest MQTT presence
+        self._runner: web.AppRunner | None = None
+        self._closing = False
+        self.mqtt_url = mqtt_url
+        self.mqtt_ssl = mqtt_ssl
+        self._mqtt: PlatformMqtt | None = None  # while running with mqtt_url
+        self._auth = Auth(self)
+        self._sockets = Sockets(self)
+        self._registry = DeviceRegistry(
+            self, self._devices, self._tunnels, self._presence, sockets=self._sockets, publish=self._publish_notify
+        )
+        # _route and _device_of are late-bound, so they can be replaced on a platform instance:
+        # bench/relay.py wraps _route to count the frames relayed, a test makes _device_of fail.
+        self._relay = Relay(
+            self,
+            self._tunnels,
+            sockets=self._sockets,
+            notify=self._registry.notify,
+            route=lambda tunnel, conn, frame, text: self._route(tunnel, conn, frame, text),
+        )
+        self._rest = RestApi(
+            self,
+            self._tunnels,
+            auth=self._auth,
+            registry=self._registry,
+            relay=self._relay,
+            device_of=lambda project_id, device_id: self._device_of(project_id, device_id),
+        )
+        self.add_project(project_id, self.api_token)
+        if ak is not None and sk is not None:
+            self.add_access_key(ak, sk)
+
+    def __repr__(self) -> str:
+        return f"Platform(base_url={self.base_url!r}, project_id={self.project_id!r})"
+
+    @property
+    def closing(self) -> bool:
+        """True while :meth:`stop` is under way: new WebSockets are refused, departures go unannounced."""
+        return self._closing
+
+    # ------------------------------------------------------------------
+    # In-process administration and views
+
+    def add_project(self, project_id: str, api_token: str) -> None:
+        """Add a project (a tenant) whose REST calls authenticate with ``api_token``."""
+        self._auth.add_project(project_id, api_token)
+
+    def add_access_key(self, ak: str, sk: str, *, project_id: str | None = None) -> None:
+        """Accept REST calls signed with the key pair ``ak``/``sk`` for ``project_id`` (the default project)."""
+        self._auth.add_access_key(ak, sk, project_id if project_id is not None else self.project_id)
+
+    def add_device(
+        self,
+        device_id: str,
+        secret: str,
+        *,
+        project_id: str | None = None,
+        node_id: str | None = None,
+        device_name: str | None = None,
+        product_id: str | None = None,
+        fw_version: str | None = None,
+        sw_version: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register a device, as REST AddDevice does; raises :class:`PlatformError` like it."""
+        project = project_id if project_id is not None else self.project_id
+        if project not in self._auth.projects:
+            raise PlatformError(404, ErrorCode.PROJECT_NOT_FOUND, f"Project {project} does not exist.")
+        return self._registry.create(
+            project,
+            device_id=device_id,
+            node_id=node_id if node_id is not None else device_id,
+            secret=secret,
+            device_name=device_name,
+            product_id=product_id,
+            fw_version=fw_version,
+            sw_version=sw_version,
+            tags=dict(tags or {}),
+        )
+
+    @property
+    def devices(self) -> dict[str, dict[str, Any]]:
+        """A snapshot of every device's info (as ShowDevice returns it), by device id."""
+        return {device_id: device.info() for device_id, device in self._devices.items()}
+
+    @property
+    def tunnels(self) -> dict[str, dict[str, Any]]:
+        """A snapshot of every tunnel's TunnelInfo, by tunnel id."""
+        return {tunnel_id: tunnel.info() for tunnel_id, tunnel in self._tunnels.items()}
+
+    def _device_of(self, project_id: str, device_id: str) -> Device:
+        return self._registry.device_of(project_id, device_id)
+
+    async def _route(self, tunnel: Tunnel, conn: Conn, frame: Frame, text: str) -> None:
+        await self._relay.route(tunnel, conn, frame, text)
+
+    # ------------------------------------------------------------------
+    # Life cycle
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application; :meth:`start` serves it, tests may mount it elsewhere."""
+        app = web.Application(middlewares=[error_middleware])
+        app.on_response_prepare.append(stamp_request_id)
+        r = app.router
+        # WebSocket routes first: their paths must never be taken for a project's.
+        r.add_get("/v5/iot/tunnels/{tunnel_id}/source-connect", self._relay.source_connect)
+        r.add_get("/v5/iot/tunnels/{tunnel_id}/device-connect", self._relay.device_connect)
+        r.add_get(LINK_PATH, self._registry.device_link)
+        self._rest.add_routes(r)
+        return app
+
+    async def start(self) -> None:
+        """Bind ``host:port`` (0 picks a free port) and set :attr:`base_url`."""
+        if self._runner is not None:
+            raise RuntimeError("the platform is already running")
+        runner = web.AppRunner(self.build_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        port = runner.addresses[0][1]
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        self.base_url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
+        logger.debug("platform started on %s (project %s)", self.base_url, self.project_id)
+        if self.mqtt_url is not None:
+            await self._start_mqtt()  # on failure it stops the platform again, and raises
+
+    async def stop(self) -> None:
+        """Say goodbye on every tunnel side, close every WebSocket with 1001, then the server."""
+        runner = self._runner
+        if runner is None:
+            return
+        self._closing = True
+        try:
+            await self._stop_mqtt()
+            goodbyes: list[Awaitable[Any]] = [*self._relay.goodbyes(), *self._registry.goodbyes()]
+            goodbyes.extend(self._relay.handshakes)
+            await asyncio.gather(*goodbyes, return_exceptions=True)
+            # Anything left: sockets between upgrade and registration, or being refused.
+            left = list(self._sockets.open)
+            rest = [self._sockets.close(ws, CloseCode.GOING_AWAY, "platform shutting down") for ws in left]
+            await asyncio.gather(*rest, return_exceptions=True)
+            await runner.cleanup()
+        finally:
+            self._runner = None
+            self._closing = False
+        logger.info("platform stopped")
+
+    async def __aenter__(self) -> Platform:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------
+    # MQTT (tunnelnb.server.platform.mqtt): notifications through a broker, presence from it
+
+    async def _start_mqtt(self) -> None:
+        assert self.mqtt_url is not None
+        try:
+            self._mqtt = mqtt = PlatformMqtt(
+                self.mqtt_url,
+                on_presence=self._registry.on_presence,
+                on_connected=self._registry.on_mqtt_connected,
+                ssl=self.mqtt_ssl,
+            )
+            await mqtt.start()
+        except BaseException:
+            self._mqtt = None
+            await self.stop()
+            raise
+        logger.info("platform notifying devices through the MQTT broker at %s", mqtt.endpoint.url)
+
+    async def _stop_mqtt(self) -> None:
+        mqtt, self._mqtt = self._mqtt, None
+        if mqtt is not None:
+            await mqtt.stop()
+            self._registry.on_mqtt_connected(False)
+
+    async def _publish_notify(self, device_id: str, payload: str) -> bool:
+        """Publish a tunnel_notify payload to the device through the broker; False without one."""
+        return self._mqtt is not None and await self._mqtt.publish_notify(device_id, payload)
+
+
+async def serve(**kwargs: Any) -> None:
+    """Run a platform until SIGINT or SIGTERM (the ``tunnelnb platform`` command).
+
+    Prints the base URL on stdout once it accepts connections, so scripts can read it.
+    ``kwargs`` are :class:`Platform`'s.
+    """
+    platform = Platform(**kwargs)
+    await platform.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stopping.set)
+            installed.append(sig)
+    try:
+        logger.info("tunnelnb platform listening on %s", platform.base_url)
+        print(platform.base_url, flush=True)
+        await stopping.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await platform.stop()

@@ -1,0 +1,88 @@
+"""WebSocket plumbing shared by the tunnel relay and the device links.
+
+:class:`Sockets` accepts the upgrades (with the platform's heartbeat and size limit),
+keeps the set of open server-side WebSockets so shutdown can close the stragglers,
+and sends and closes without raising when the peer is already gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ...protocol.frames import Frame, RequestIds, encode_frame
+from .model import bad_input
+
+if TYPE_CHECKING:
+    from .app import Platform
+
+__all__ = ["Sockets", "close_reason"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_CLOSE_REASON = 123  # bytes: a close frame's payload is at most 125, 2 of them the code
+_WS_CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame
+
+
+def close_reason(text: str) -> bytes:
+    """``text`` as a close reason: UTF-8, cut to 123 bytes between characters."""
+    raw = text.encode("utf-8", "replace")[:_MAX_CLOSE_REASON]
+    return raw.decode("utf-8", "ignore").encode("utf-8")
+
+
+class Sockets:
+    """The platform's open WebSockets, and the request ids of the frames the platform itself sends.
+
+    ``platform`` supplies ``heartbeat`` and ``max_message_bytes``, read at each upgrade.
+    """
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+        self.open: set[web.WebSocketResponse] = set()
+        self.ids = RequestIds()
+
+    async def upgrade(self, request: web.Request) -> web.WebSocketResponse:
+        """Accept the request's WebSocket upgrade and track the socket; the caller must :meth:`forget` it."""
+        ws = self._new_ws()
+        if not ws.can_prepare(request).ok:
+            raise bad_input("This endpoint accepts only WebSocket upgrade requests.")
+        await ws.prepare(request)
+        self.open.add(ws)
+        return ws
+
+    def forget(self, ws: web.WebSocketResponse) -> None:
+        """Stop tracking ``ws``: its handler is done with it."""
+        self.open.discard(ws)
+
+    def _new_ws(self) -> web.WebSocketResponse:
+        # aiohttp's own limit sits well above ours, so oversize messages reach the relay,
+        # which closes with a reason and tells the peer.
+        return web.WebSocketResponse(
+            heartbeat=self._platform.heartbeat,
+            max_msg_size=4 * self._platform.max_message_bytes + 1024,
+            timeout=_WS_CLOSE_TIMEOUT,
+        )
+
+    @staticmethod
+    async def send(ws: web.WebSocketResponse, text: str) -> bool:
+        """Send a text message; False if the socket is closed or the send failed."""
+        if ws.closed:
+            return False
+        try:
+            await ws.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:
+            logger.debug("send failed: %r", exc)
+            return False
+        return True
+
+    async def send_frame(self, ws: web.WebSocketResponse, frame: Frame) -> bool:
+        return await self.send(ws, encode_frame(frame))
+
+    @staticmethod
+    async def close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason`` (cut to fit), ignoring a peer that is already gone."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.close(code=code, message=close_reason(reason))
