@@ -96,7 +96,7 @@ class DeviceSide:
                 assert frame.op is Op.COMMAND_RESPONSE, f"expected {op}, got {frame!r}"
 
     async def login(self, user: str = USER, password: str = PASSWORD) -> Frame:
-        """connect → connect_response, then quieten the shell (DESIGN §3)."""
+        """connect → connect_response, then quieten the shell (docs/architecture.md, "Shell framing")."""
         rid = self.next_id()
         await self.send(Frame.connect(rid, user, password))
         response = await self.expect(Op.CONNECT_RESPONSE)

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tunnelnb.client.api import PlatformAPI, TunnelGrant
-from tunnelnb.client.session import DeviceSession, ResultStatus
+from tunnelnb.client.result import ResultStatus
+from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import PlatformError
 from tunnelnb.server.platform import Platform
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tunnelnb.client.api import PlatformAPI
-from tunnelnb.client.session import DeviceSession, ResultStatus
+from tunnelnb.client.result import ResultStatus
+from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import AuthFailed, DeviceOffline, LoginError, TunnelnbError
 from tunnelnb.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES
 from tunnelnb.server.agent import Agent

@@ -29,7 +29,8 @@ import aiohttp
 import pytest
 
 from tunnelnb.client.api import PlatformAPI
-from tunnelnb.client.session import DeviceSession, ResultStatus
+from tunnelnb.client.result import ResultStatus
+from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import BrokerAuthError, DeviceAuthError, PlatformError, PlatformUnreachable, ProtocolError
 from tunnelnb.server.agent import Agent
 from tunnelnb.server.mqtt import device_credentials

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from tunnelnb.client.session import CommandResult, ResultStatus
+from tunnelnb.client.result import CommandResult, ResultStatus
 from tunnelnb.errors import ParseError, TunnelnbError
 from tunnelnb.fleet.parsers import FORMATS, make_parser, parse_output, parse_results
 

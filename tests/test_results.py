@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelnb.client.session import CommandResult, ResultStatus
+from tunnelnb.client.result import CommandResult, ResultStatus
 from tunnelnb.fleet.parsers import parse_results
 from tunnelnb.fleet.results import COLUMNS, Results, normalise_output
 

@@ -1,4 +1,4 @@
-"""Exhaustive tests of shell framing over a raw PTY stream (tunnelnb.protocol.shell, DESIGN §3).
+"""Exhaustive tests of shell framing over a raw PTY stream (tunnelnb.protocol.shell; docs/architecture.md).
 
 TerminalText (decode, normalise, strip escapes; incrementally), CommandParser (find a
 command's output and exit code between its markers) and command_script / setup_script

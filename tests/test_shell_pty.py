@@ -1,4 +1,4 @@
-"""DESIGN §3 end to end on real shells: the framing recipe against /bin/sh and /bin/bash on a PTY.
+"""Shell framing end to end on real shells (docs/architecture.md): the recipe against /bin/sh and /bin/bash on a PTY.
 
 The test plays both ends of the tunnel in-process, without sockets:
 

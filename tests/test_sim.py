@@ -18,7 +18,8 @@ import pytest
 import pytest_asyncio
 
 from tunnelnb.client.api import PlatformAPI
-from tunnelnb.client.session import DeviceSession, ResultStatus
+from tunnelnb.client.result import ResultStatus
+from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import AuthFailed, DeviceOffline
 from tunnelnb.server.platform import Platform
 from tunnelnb.sim import (

@@ -20,15 +20,16 @@ from typing import Any
 
 from ..client.backend import PlatformBackend, TunnelGrant
 from ..client.clock import LIVE_CLOCK
-from ..client.session import ShellEvents, sync_shell
+from ..client.shellsync import ShellEvents, sync_shell
 from ..client.transport import TunnelSocket
-from ..errors import LoginError, PlatformError, TunnelnbError
+from ..client.tunnels import new_tunnel
+from ..errors import LoginError, TunnelnbError
 from ..protocol.frames import Frame, Op, chunk_text, decode_frame
 from ..protocol.shell import CommandParser, TerminalText
 from .file import CassetteWriter, Masker
 from .recording import Recorder, RecordingAPI, RecordingClock, RecordingWS
 
-__all__ = ["LiveBranch", "join_live", "new_tunnel"]
+__all__ = ["LiveBranch", "join_live"]
 
 #: How long a resumed device gets to join its new live tunnel and log in.
 RESUME_TIMEOUT = 30.0
@@ -91,6 +92,7 @@ class LiveBranch:
         grant: TunnelGrant | None = None
         sock: TunnelSocket | None = None
         try:
+            assert dev is not None, "the fleet itself has no tunnel"
             grant = await new_tunnel(api, dev)
             self.tunnels.add(grant.tunnel_id)
             sock = await api.open_tunnel_socket(grant, max_message_bytes=max_message_bytes)
@@ -121,22 +123,6 @@ class LiveBranch:
     def close(self) -> None:
         if self._rec is not None:
             self._rec.writer.close()
-
-
-async def new_tunnel(api: PlatformBackend, dev: str | None) -> TunnelGrant:
-    """A new tunnel for ``dev``, replacing one an earlier session left open (one tunnel per device)."""
-    assert dev is not None
-    try:
-        return await api.add_tunnel(dev)
-    except PlatformError as exc:
-        if exc.status != 409:
-            raise
-    for info in await api.list_tunnels(dev):
-        with contextlib.suppress(PlatformError):
-            if info.get("status") == "OPEN":
-                await api.close_tunnel(info["tunnel_id"])
-            await api.delete_tunnel(info["tunnel_id"])
-    return await api.add_tunnel(dev)
 
 
 async def join_live(

@@ -13,7 +13,7 @@ __all__ = ["CommandResult", "ResultStatus"]
 
 
 class ResultStatus:
-    """The ``status`` column of a result (docs/architecture.md, "Results")."""
+    """The ``status`` column of a result (docs/architecture.md, "Results and targets")."""
 
     OK = "ok"
     ERROR = "error"  # the command ran and exited non-zero

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..errors import (
@@ -41,26 +41,21 @@ from ..protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, Frame, Op, RequestIds, 
 from ..protocol.shell import (
     CommandParser,
     Finished,
-    Output,
     TerminalText,
     command_script,
     new_marker_id,
-    setup_script,
     strip_escapes,
 )
 from .backend import PlatformBackend, TunnelGrant
-from .clock import Clock
 from .result import CommandResult, ResultStatus
+from .shellsync import ShellEvents, sync_shell
 from .state import Event, SessionState, StateMachine
 from .transport import TunnelSocket
+from .tunnels import new_tunnel, raise_if_offline
 
-__all__ = ["CommandResult", "DeviceSession", "ResultStatus", "ShellEvents", "sync_shell"]
+__all__ = ["DeviceSession"]
 
 log = logging.getLogger(__name__)
-
-#: What a running command's parser hands the waiting coroutine: output, the end, or a failure.
-ShellEvents = asyncio.Queue[Output | Finished | BaseException]
-
 
 @dataclass
 class _Running:
@@ -68,34 +63,6 @@ class _Running:
 
     parser: CommandParser
     events: ShellEvents = field(default_factory=asyncio.Queue)
-
-
-async def sync_shell(
-    send_text: Callable[[str], Awaitable[None]], events: ShellEvents, marker: str, clock: Clock, deadline: float
-) -> None:
-    """Quieten a freshly logged-in shell and wait until a framed no-op comes back.
-
-    Early input may be lost (a C SDK device answers ``connect_response`` before
-    its shell exists), so the same no-op is typed again now and then, with the
-    wait doubling up to 4 s; it keeps one marker, so a slow first answer still
-    counts.  ``events`` gets the no-op's parser events; a failure put there is
-    raised.  :class:`TimeoutError` at ``deadline`` (read from ``clock``).  The one
-    login-and-sync script, used by live sessions and by a replay going live.
-    """
-    script = setup_script() + command_script(marker, "true")
-    wait = 0.5
-    while True:
-        await send_text(script)
-        try:
-            async with clock.timeout_at(min(deadline, clock.monotonic() + wait)):
-                while not isinstance(event := await events.get(), Finished):
-                    if isinstance(event, BaseException):
-                        raise event
-                return
-        except TimeoutError:
-            if clock.monotonic() >= deadline:
-                raise
-        wait = min(wait * 2, 4.0)
 
 
 class DeviceSession:
@@ -218,31 +185,11 @@ class DeviceSession:
 
     async def _add_tunnel(self) -> TunnelGrant:
         try:
-            return await self.api.add_tunnel(self.device_id)
+            return await new_tunnel(self.api, self.device_id)
         except PlatformError as exc:
-            if exc.status == 409:
-                # One tunnel per device: an earlier session left one open.  Its token is
-                # gone with that session, so close and delete it and make a new one.
-                log.info("device %s already has a tunnel; replacing it", self.device_id)
-                for info in await self.api.list_tunnels(self.device_id):
-                    with contextlib.suppress(PlatformError):
-                        if info.get("status") == "OPEN":
-                            await self.api.close_tunnel(info["tunnel_id"])
-                        await self.api.delete_tunnel(info["tunnel_id"])
-                return await self.api.add_tunnel(self.device_id)
             if exc.status in (400, 404):
-                await self._raise_if_offline(exc)
+                await raise_if_offline(self.api, self.device_id, exc)
             raise
-
-    async def _raise_if_offline(self, cause: PlatformError) -> None:
-        try:
-            device = await self.api.show_device(self.device_id)
-        except PlatformError as exc:
-            if exc.status == 404:
-                raise TunnelnbError(f"the platform has no device {self.device_id!r}: check the device id") from None
-            return
-        if str(device.get("status", "")).upper() != "ONLINE":
-            raise DeviceOffline(f"device {self.device_id} is offline ({cause.error_msg})") from None
 
     async def _connect_socket(self) -> None:
         """Open the tunnel's WebSocket and start reading it (state CONNECTING → WAITING)."""

@@ -31,6 +31,7 @@ from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, RunAborted, TunnelnbError
 from .results import Results
+from .tables import inventory_table, status_table
 from .targets import select_targets
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "RUNNING_COMMAND", "Fleet"]
@@ -47,12 +48,6 @@ RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command",
 
 OutputCallback = Callable[[str, str], None]
 ResultCallback = Callable[[CommandResult], None]
-
-_STATUS_COLUMNS = [
-    "device_id", "online", "tunnel", "logged_in", "running", "last_status", "last_exit_code", "last_duration_s"
-]
-_INVENTORY_COLUMNS = ["device_id", "status", "device_name", "product_id", "fw_version", "sw_version", "tags"]
-
 
 class Fleet:
     """The devices of one platform project, ready for commands.
@@ -119,11 +114,7 @@ class Fleet:
 
     def devices(self) -> pd.DataFrame:
         """The inventory as a table: one row per device, tags as a dict."""
-        rows = []
-        for d in self._inventory:
-            tags = {t.get("tag_key"): t.get("tag_value") for t in d.get("tags") or [] if isinstance(t, dict)}
-            rows.append({**{c: d.get(c) for c in _INVENTORY_COLUMNS}, "tags": tags})
-        return pd.DataFrame(rows, columns=_INVENTORY_COLUMNS)
+        return inventory_table(self._inventory)
 
     def select(self, targets: str | Iterable[str] = "*") -> list[str]:
         """Device ids for ``targets`` (ids, globs, ranges, ``@tag``, lists); unknown ones are an error."""
@@ -133,32 +124,7 @@ class Fleet:
 
     def status(self) -> pd.DataFrame:
         """One row per device: online, tunnel, logged in, running command, last result."""
-        rows = []
-        for d in self._inventory:
-            device_id = str(d.get("device_id"))
-            session = self._sessions.get(device_id)
-            last = self._last.get(device_id)
-            if session is None:
-                tunnel = "none"
-            elif session.closed:
-                tunnel = "closed"
-            else:
-                tunnel = "connected" if session.joined else "waiting"
-            rows.append(
-                {
-                    "device_id": device_id,
-                    "online": d.get("status") == "ONLINE",
-                    "tunnel": tunnel,
-                    "logged_in": bool(session is not None and session.logged_in and not session.closed),
-                    "running": self._running.get(device_id),
-                    "last_status": last.status if last else None,
-                    "last_exit_code": last.exit_code if last else None,
-                    "last_duration_s": last.duration_s if last else None,
-                }
-            )
-        df = pd.DataFrame(rows, columns=_STATUS_COLUMNS)
-        df["last_exit_code"] = df["last_exit_code"].astype("Int64")
-        return df
+        return status_table(self._inventory, self._sessions, self._running, self._last)
 
     def watch(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
         """Call ``callback(device_id)`` whenever a device's state changes (``None``: all may have).

@@ -45,7 +45,7 @@ from ..errors import ParseError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..client.session import CommandResult
+    from ..client.result import CommandResult
 
 __all__ = ["FORMATS", "make_parser", "parse_output", "parse_results"]
 
@@ -428,7 +428,7 @@ def parse_results(
     """
     import pandas as pd
 
-    from ..client.session import ResultStatus
+    from ..client.result import ResultStatus
 
     parser = make_parser(fmt, **opts)
     reserved = ("device_id", "parse_error")

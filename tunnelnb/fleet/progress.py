@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TextIO
 
-from ..client.session import CommandResult
+from ..client.result import CommandResult
 
 __all__ = ["LiveOutput", "ProgressCounts", "TextProgress"]
 

@@ -1,4 +1,4 @@
-"""What a command did on many devices, as one table (DESIGN §4).
+"""What a command did on many devices, as one table (docs/architecture.md, "Results and targets").
 
 :class:`Results` wraps the :class:`~tunnelnb.client.session.CommandResult` of each device.
 Its :attr:`~Results.df` has a fixed schema (:data:`COLUMNS`), because notebooks and
@@ -17,7 +17,7 @@ from typing import Any, overload
 
 import pandas as pd
 
-from ..client.session import CommandResult, ResultStatus
+from ..client.result import CommandResult, ResultStatus
 from .parsers import parse_results
 
 __all__ = ["COLUMNS", "OTHER_COLOUR", "STATUS_COLOURS", "STATUS_ORDER", "Results", "normalise_output"]

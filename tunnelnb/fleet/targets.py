@@ -1,4 +1,4 @@
-"""Which devices a command goes to: target specs resolved against an inventory (DESIGN §4).
+"""Which devices a command goes to: target specs resolved against an inventory (docs/architecture.md).
 
 Pure functions, no I/O: the fleet hands in the inventory it already has.
 

@@ -184,6 +184,7 @@ class TerminalScreen:
                     i += 1
             elif state == _CSI:
                 m = _CSI_BODY.match(text, i)
+                assert m is not None  # the body pattern matches the empty string too
                 if m.end() > i:
                     self._add_params(m.group())
                     i = m.end()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..client.session import CommandResult
+from ..client.result import CommandResult
 from ..fleet.progress import ProgressCounts
 
 __all__ = ["WidgetProgress"]

@@ -99,7 +99,7 @@ _OPS = {op.value: op for op in Op}
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One tunnel message.  ``data``'s shape depends on ``op`` (see DESIGN §1)."""
+    """One tunnel message; ``data``'s shape depends on ``op`` (docs/architecture.md, "The platform")."""
 
     op: Op
     request_id: str

@@ -1,4 +1,4 @@
-"""Framing commands over a raw PTY stream, sans-I/O (DESIGN §3).
+"""Framing commands over a raw PTY stream, sans-I/O (docs/architecture.md, "Shell framing").
 
 A device writes ``command`` data into an interactive shell like keystrokes and
 streams back whatever the terminal prints: no exit status, no end of output,

@@ -236,7 +236,7 @@ def parse_presence(topic: str, payload: bytes) -> Presence:
     fields = [obj.get(k) for k in ("status", "session", "client_id", "username", "password")]
     if not all(isinstance(v, str) and v for v in fields) or fields[0] not in (ONLINE, OFFLINE):
         raise ProtocolError("presence message needs status ONLINE|OFFLINE, session, client_id, username, password")
-    status, session, cid, username, password = fields
+    status, session, cid, username, password = (str(v) for v in fields)
     return Presence(parts[2], status == ONLINE, session, MqttCredentials(cid, username, password))
 
 

@@ -147,6 +147,13 @@ class TunnelMagics(Magics):
 
     # -- what the subcommands share ----------------------------------------------
 
+    @property
+    def user_ns(self) -> dict[str, Any]:
+        """The user's namespace (``-o VAR`` writes there, ``$var`` and ``{expr}`` read it)."""
+        assert self.shell is not None, "the magics are registered with a shell"
+        namespace: dict[str, Any] = self.shell.user_ns
+        return namespace
+
     def need_fleet(self) -> Fleet:
         """The connected fleet; a usage error when there is none."""
         if self.fleet is None:

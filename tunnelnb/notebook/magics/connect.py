@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
-from ...cassette import MODES
+from ...cassette import MODES, recording_of
 from ...fleet.fleet import Fleet
 from ...fleet.runner import LoopRunner, runner_for_this_thread
 from .parsing import parse, prompt, subcommand
@@ -73,7 +73,7 @@ def connect(magics: TunnelMagics, rest: str) -> None:
         when = f"{api.recorded_at:%Y-%m-%d %H:%M} UTC"
         _connected(magics, fleet, runner, f"cassette {cassette} (recorded {when} from {api.platform})", args.out)
         return
-    replay = {"replay": cassette, "mode": mode} if cassette is not None else {}
+    replay: dict[str, Any] = {"replay": cassette, "mode": mode} if cassette is not None else {}
     if not args.embedded and not args.url:
         # The notebook default: the platform in $TUNNELNB_URL (Binder, a real one), else an embedded one.
         args.url = os.environ.get("TUNNELNB_URL") or None
@@ -89,8 +89,9 @@ def connect(magics: TunnelMagics, rest: str) -> None:
             fleet = runner.run(
                 tunnelnb.connect(embedded=True, devices=devices, seed=seed, concurrency=magics.concurrency, **replay)
             )
-            platform = fleet.embedded[0]  # type: ignore[attr-defined]
-            where = f"embedded platform {platform.base_url} with {devices} simulated devices (seed {seed})"
+            platform = fleet.embedded[0] if fleet.embedded else None
+            url = platform.base_url if platform is not None else fleet.api.base_url
+            where = f"embedded platform {url} with {devices} simulated devices (seed {seed})"
         elif args.url == "huaweicloud":
             if not (args.region or args.endpoint):
                 raise UsageError("connect huaweicloud needs --region R (or --endpoint URL of your instance)")
@@ -156,7 +157,7 @@ def disconnect(magics: TunnelMagics, *, quiet: bool = False) -> None:
     magics.fleet, magics.runner = None, None
     if fleet is None or runner is None:
         return
-    recording = magics.recording or getattr(fleet.api, "recording", None)
+    recording = magics.recording or recording_of(fleet)
     magics.recording = None
     summary = recording.stop() if recording is not None and recording.active else None
     try:
@@ -175,7 +176,7 @@ def _connected(magics: TunnelMagics, fleet: Fleet, runner: LoopRunner, where: st
     online = int((df.status == "ONLINE").sum())
     print(f"connected to {where}: {len(df)} devices, {online} online")
     if out:
-        magics.shell.user_ns[out] = fleet
+        magics.user_ns[out] = fleet
 
 
 def _cassette(args: argparse.Namespace) -> tuple[str | None, str | None]:

@@ -35,7 +35,7 @@ def login(magics: TunnelMagics, rest: str) -> Results:
     ids = fleet.select(targets)
     kwargs: dict[str, Any] = {"timeout": magics.timeout}
     if args.user is not None or args.password_env is not None or not fleet.has_login(ids):
-        replaying = getattr(fleet.api, "replaying", False)  # a replay needs no password: it sends none
+        replaying = fleet.api.replaying  # a replay needs no password: it sends none
         kwargs["user"] = args.user or getpass.getuser()
         if args.password_env:
             if args.password_env not in os.environ and not replaying:

@@ -10,28 +10,36 @@ import argparse
 import getpass
 import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser, kwds, magic_arguments
 from IPython.utils.text import DollarFormatter
 
-__all__ = ["HelpShown", "expand", "parse", "prompt", "subcommand", "target_words"]
+__all__ = ["HelpShown", "Subcommand", "expand", "parse", "prompt", "subcommand", "target_words"]
 
 
 class HelpShown(Exception):
     """A subcommand's ``-h``: its help is printed, and there is nothing else to do."""
 
 
-def subcommand(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+class Subcommand(Protocol):
+    """A ``%tunnel`` subcommand: the function, with the parser its decorators built."""
+
+    parser: MagicArgumentParser
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def subcommand(name: str) -> Callable[[Callable[..., Any]], Subcommand]:
     """:func:`~IPython.core.magic_arguments.magic_arguments` for ``%tunnel NAME``.
 
     The function's ``@argument`` decorators and its docstring (the description)
     make its ``.parser``, whose program is ``tunnel NAME`` and which takes ``-h``.
     """
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        return magic_arguments(name=f"tunnel {name}")(kwds(add_help=True)(func))
+    def decorate(func: Callable[..., Any]) -> Subcommand:
+        return cast(Subcommand, magic_arguments(name=f"tunnel {name}")(kwds(add_help=True)(func)))
 
     return decorate
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
+from ...cassette import Recording, recording_of
 from .parsing import parse, subcommand
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def record(magics: TunnelMagics, rest: str) -> None:
     args = parse(rest, record.parser)
     fleet = magics.need_fleet()
     if args.stop:
-        recording = magics.recording or getattr(fleet.api, "recording", None)
+        recording = magics.recording or recording_of(fleet)
         if recording is None or not recording.active:
             raise UsageError("not recording: %tunnel record PATH starts a recording")
         magics.recording = None
@@ -37,7 +38,7 @@ def record(magics: TunnelMagics, rest: str) -> None:
         raise UsageError("record to which file? %tunnel record PATH (e.g. incident.cassette.jsonl), or --stop")
     if magics.recording is not None and magics.recording.active:
         raise UsageError(f"already recording to {magics.recording.path}: %tunnel record --stop first")
-    recording = fleet.record(args.path)
+    recording = Recording(fleet, args.path)
     magics.call(recording.astart())
     magics.recording = recording
     print(f"recording to {args.path} (passwords and tokens are masked); %tunnel record --stop writes it")

@@ -50,7 +50,7 @@ def run_cell(magics: TunnelMagics, args: argparse.Namespace, cell: str) -> Any:
     """``%%tunnel``: the cell is one script, with ``{expr}`` and ``$var`` expanded unless ``--raw``."""
     if not cell.strip():
         raise UsageError("the cell is empty: write the shell script to run below %%tunnel TARGETS")
-    script = cell if args.raw else expand(cell, magics.shell.user_ns)
+    script = cell if args.raw else expand(cell, magics.user_ns)
     return run(magics, args, script)
 
 
@@ -85,7 +85,7 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
         progress.update(row)
 
     async def run_on_fleet() -> Results:
-        shower = None if timer is not None else asyncio.ensure_future(progress.show())
+        shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None
         try:
             return await fleet.run(
                 command,
@@ -115,7 +115,7 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
         progress.close()
     results.html_max_rows = magics.display_limit
     if args.out:
-        magics.shell.user_ns[args.out] = results
+        magics.user_ns[args.out] = results
     if interrupted:
         from IPython.display import display
 

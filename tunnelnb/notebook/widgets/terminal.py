@@ -19,7 +19,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ...client.session import CommandResult, DeviceSession, ResultStatus
+from ...client.result import CommandResult, ResultStatus
+from ...client.session import DeviceSession
 from ...fleet.fleet import Fleet
 from ..ansi import DEFAULT_BACKGROUND, TerminalScreen
 from .loop import Coalescer, call_on_loop, close_all, shorten

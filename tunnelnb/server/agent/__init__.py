@@ -6,7 +6,7 @@ link to the platform open; each ``tunnel_notify`` opens the device-side tunnel
 WebSocket (:mod:`.tunnel`); a ``connect`` frame logs in to the device's SSH
 server or spawns a local PTY shell (:mod:`.shells`), and from then on
 ``command`` frames are typed into the shell and its terminal output streams
-back as ``command_response`` frames (:mod:`.session`, DESIGN §1), framed the way
+back as ``command_response`` frames (:mod:`.session`, docs/architecture.md, "The platform"), framed the way
 the official device SDKs frame it when asked to (``quirks``, :mod:`.quirks`).
 :func:`serve` (:mod:`.serve`) is the ``tunnelnb agent`` command.
 """

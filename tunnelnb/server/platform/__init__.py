@@ -1,7 +1,7 @@
 """A local Huawei Cloud IoTDA-compatible platform: REST control plane, tunnel relay, device links.
 
 One aiohttp application (:class:`Platform`, in :mod:`.app`) serves the IoTDA REST calls
-tunnelnb uses, with IoTDA's paths, JSON shapes, error bodies and constraints (DESIGN §1),
+tunnelnb uses, with IoTDA's paths, JSON shapes, error bodies and constraints (docs/architecture.md, "The platform"),
 authenticated by ``X-Auth-Token`` or by an AK/SK signature as Huawei Cloud's SDKs make
 them, so the official SDK runs against it unmodified (:mod:`.rest`, :mod:`.auth`); the
 Secure Tunnel WebSockets, the application's ``source-connect`` and the device's

@@ -1,7 +1,7 @@
 """The IoTDA REST API of the platform: AddDevice, ListDevices, ShowDevice and the tunnel calls.
 
 :class:`RestApi` holds one aiohttp handler per call, with IoTDA's paths, JSON shapes,
-error bodies and constraints (DESIGN §1).  Each authorizes through :class:`~.auth.Auth`;
+error bodies and constraints (docs/architecture.md, "The platform").  Each authorizes through :class:`~.auth.Auth`;
 devices come from the :class:`~.devices.DeviceRegistry`, and closing a tunnel ends its
 WebSockets through the :class:`~.relay.Relay`.
 """

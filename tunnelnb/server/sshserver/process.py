@@ -80,7 +80,7 @@ def _session_members(sid: int) -> list[int]:
     Background jobs of an interactive shell live in their own process groups,
     and outlive the shell, so killing the shell's group is not enough.
     """
-    members = []
+    members: list[int] = []
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -129,7 +129,21 @@ class _Child:
         self._kill_handle: asyncio.TimerHandle | None = None
         self._eof_handle: asyncio.TimerHandle | None = None
         self._popen: subprocess.Popen | None = None
+        self._writer: Writer  # set by the subclass once its input descriptor exists
         self.output_done = False
+
+    # -- input ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` to the child's input (queued without blocking; see :meth:`drain`)."""
+        self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    @property
+    def write_buffer_size(self) -> int:
+        return self._writer.buffered
 
     # -- output --------------------------------------------------------------
 
@@ -326,17 +340,6 @@ class PtyProcess(_Child):
         self._master_closed = False
         self._start_watch()
 
-    def write(self, data: bytes) -> None:
-        """Type ``data`` into the terminal (queued without blocking; see :meth:`drain`)."""
-        self._writer.write(data)
-
-    async def drain(self) -> None:
-        await self._writer.drain()
-
-    @property
-    def write_buffer_size(self) -> int:
-        return self._writer.buffered
-
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the terminal's foreground job, as the line discipline does for Ctrl-C."""
         pgrp = None
@@ -423,16 +426,6 @@ class PipeProcess(_Child):
             Reader(self._loop, fds[2], err_sink, self._reader_eof, close_fd=True),
         ]
         self._start_watch()
-
-    def write(self, data: bytes) -> None:
-        self._writer.write(data)
-
-    async def drain(self) -> None:
-        await self._writer.drain()
-
-    @property
-    def write_buffer_size(self) -> int:
-        return self._writer.buffered
 
     def write_eof(self) -> None:
         self._writer.write_eof()
