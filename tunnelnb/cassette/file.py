@@ -68,8 +68,6 @@ SUFFIX = ".cassette.jsonl"
 
 #: Events a replay matches against what the application does, in order.
 HARD_KINDS = frozenset({"rest", "open", "out", "close"})
-#: Readings (time, randomness): served in order, but never a reason to stop a replay.
-SOFT_KINDS = frozenset({"clock", "now", "random"})
 #: What the application receives; released in recorded order.
 DELIVERY_KINDS = frozenset({"in", "closed"})
 

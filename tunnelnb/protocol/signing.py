@@ -83,8 +83,6 @@ __all__ = [
 
 ALGORITHM = "SDK-HMAC-SHA256"
 DERIVED_ALGORITHM = "V11-HMAC-SHA256"
-#: Algorithms the SDK can also be configured for; recognised, but not verified here.
-OTHER_SDK_ALGORITHMS = frozenset({"SDK-HMAC-SM3", "SDK-ECDSA-P256-SHA256", "SDK-SM2-SM3"})
 AUTHORIZATION_HEADER = "Authorization"
 DATE_HEADER = "X-Sdk-Date"
 CONTENT_SHA256_HEADER = "X-Sdk-Content-Sha256"

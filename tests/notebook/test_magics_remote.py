@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from .conftest import platform_and_sim_processes
+from tests.conftest import platform_and_sim_processes
 
 TOKEN = "magic-token-" + secrets.token_hex(8)
 PASSWORD = "magic-pass-" + secrets.token_hex(8)

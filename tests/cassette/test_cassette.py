@@ -35,7 +35,7 @@ from tunnelnb.protocol import shell as shell_module
 from tunnelnb.protocol.shell import command_script, setup_script
 from tunnelnb.sim import device_secret as _device_secret
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEVICES, SEED = 20, 1  # device-16 offline, device-17 wrong_password
 OFFLINE, WRONG_PASSWORD = "device-16", "device-17"
 TARGETS = "device-0[1-4] device-1[5-7]"
@@ -469,7 +469,7 @@ async def test_recording_stops_and_the_fleet_goes_on_live(tmp_path: Path):
 def test_replay_in_a_fresh_kernel_gives_equal_tables(recorded: Recorded, tmp_path: Path):
     from jupyter_client.manager import KernelManager
 
-    from .test_kernel import Kernel
+    from tests.notebook.test_kernel import Kernel
 
     km = KernelManager(kernel_name="python3")
     km.start_kernel(cwd=str(tmp_path))

@@ -29,13 +29,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
 from tunnelnb.client.api import PlatformAPI, TunnelGrant
 from tunnelnb.errors import PlatformError, PlatformUnreachable, TunnelnbError
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.protocol import signing
 from tunnelnb.server.platform import ErrorCode, Platform
-
-from .conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
 
 try:
     from huaweicloudsdkcore.auth.credentials import BasicCredentials

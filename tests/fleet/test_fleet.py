@@ -6,12 +6,11 @@ import asyncio
 
 import pytest
 
+from tests.conftest import SSH_PASSWORD, SSH_USER, Devices
 from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import FleetSizeWarning, UnknownTargets
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.server.sshserver import ShellServer
-
-from .conftest import SSH_PASSWORD, SSH_USER, Devices
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.conftest import SSH_PASSWORD, SSH_USER
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.client.result import ResultStatus
 from tunnelnb.client.session import DeviceSession
@@ -46,8 +47,6 @@ from tunnelnb.server.mqttbase import (
 )
 from tunnelnb.server.platform import Platform
 from tunnelnb.server.platform.mqtt import verify_presence
-
-from .conftest import SSH_PASSWORD, SSH_USER
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
@@ -545,9 +544,9 @@ async def test_mqtts_and_wss_with_certificate_verification(workdir: Path, broker
     """The issue's acceptance: online through mosquitto, tunnel_notify, a command over wss://, verification on."""
     from tunnelnb.tls import client_ssl, server_ssl
 
-    from .test_tls import _make_ca_and_leaf
+    from tests.client.test_tls import make_ca_and_leaf
 
-    ca, leaf, key = _make_ca_and_leaf(workdir)
+    ca, leaf, key = make_ca_and_leaf(workdir)
     for path in (leaf, key):
         path.chmod(0o644)  # mosquitto reads them as the user it drops to
     broker = broker_factory(tls=(leaf, key))
@@ -583,7 +582,7 @@ async def test_cli_platform_and_agent_over_mqtt(broker: Mosquitto, tmp_path: Pat
 
     from tunnelnb.client.session import DeviceSession
 
-    from .test_cli import TUNNELNB, spawn
+    from tests.cli.test_cli import TUNNELNB, spawn
 
     token = "mqtt-cli-token"
     env = {**os.environ, "TUNNELNB_API_TOKEN": token, "TUNNELNB_DEVICE_SECRET": "mqtt-secret",

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from .conftest import TUNNELNB, platform_and_sim_processes
+from tests.conftest import TUNNELNB, platform_and_sim_processes
 
 pytest.importorskip("huaweicloudsdkiotda", reason="pip install 'tunnelnb[huaweicloud]' (in the test extra)")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs under binder/start: executes a copy of the quickstart with nbclient and reports what it saw.
 EXECUTE = """

@@ -3,7 +3,7 @@
 TerminalText (decode, normalise, strip escapes; incrementally), CommandParser (find a
 command's output and exit code between its markers) and command_script / setup_script
 (what gets typed into the device's shell). No sockets: the real-shell counterpart is
-tests/test_shell_pty.py.
+tests/server/test_shell_pty.py.
 """
 
 from __future__ import annotations

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SSH_PASSWORD, SSH_USER, Devices, OpenSSHServer
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.client.result import ResultStatus
 from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import AuthFailed, DeviceOffline, LoginError, TunnelnbError
 from tunnelnb.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES
 from tunnelnb.server.agent import Agent
-
-from .conftest import SSH_PASSWORD, SSH_USER, Devices, OpenSSHServer
 
 QUIRKS = ["none", "c-sdk", "csharp-sdk"]
 

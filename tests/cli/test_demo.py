@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from .test_cli import Proc
+from tests.cli.test_cli import Proc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = "notebooks/01-quickstart.ipynb"
 TUNNELNB = str(Path(sys.executable).parent / "tunnelnb")  # the installed console script
 URL_LINE = re.compile(r"^\s*(http://127\.0\.0\.1:\d+)/lab/tree/(\S+)\?token=(\w+)\s*$", re.MULTILINE)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import API_TOKEN
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.server.platform import Platform
 from tunnelnb.sim import SimulatedFleet
-
-from .conftest import API_TOKEN
 
 TUNNELNB = str(Path(sys.executable).parent / "tunnelnb")
 

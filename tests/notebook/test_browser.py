@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_demo import NOTEBOOK, ROOT, Demo, environ, running_demo
+from tests.cli.test_demo import NOTEBOOK, ROOT, Demo, environ, running_demo
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.conftest import SSH_PASSWORD, SSH_USER
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import InsecureTLSWarning, PlatformUnreachable
@@ -22,12 +23,10 @@ from tunnelnb.server.agent import Agent
 from tunnelnb.server.platform import Platform
 from tunnelnb.tls import client_ssl, server_ssl
 
-from .conftest import SSH_PASSWORD, SSH_USER
-
 API_TOKEN = "tls-token"
 
 
-def _make_ca_and_leaf(tmp: Path) -> tuple[Path, Path, Path]:
+def make_ca_and_leaf(tmp: Path) -> tuple[Path, Path, Path]:
     """A CA, and a leaf for 127.0.0.1 / localhost signed by it: (ca.pem, leaf.pem, leaf.key)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -78,7 +77,7 @@ def _make_ca_and_leaf(tmp: Path) -> tuple[Path, Path, Path]:
 
 @pytest.fixture
 def certs(tmp_path: Path) -> tuple[Path, Path, Path]:
-    return _make_ca_and_leaf(tmp_path)
+    return make_ca_and_leaf(tmp_path)
 
 
 @pytest.fixture
@@ -137,14 +136,14 @@ def test_bad_certificate_files_are_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot load the CA bundle"):
         client_ssl(str(tmp_path / "junk.pem"))
     assert isinstance(client_ssl(None), bool) and client_ssl(None) is True
-    assert isinstance(server_ssl(*map(str, _make_ca_and_leaf(tmp_path)[1:])), ssl.SSLContext)
+    assert isinstance(server_ssl(*map(str, make_ca_and_leaf(tmp_path)[1:])), ssl.SSLContext)
 
 
 async def test_cli_platform_on_https_and_an_agent_with_a_ca_bundle(certs, tmp_path):
     import os
     import re
 
-    from .test_cli import TUNNELNB, spawn
+    from tests.cli.test_cli import TUNNELNB, spawn
 
     ca, leaf, key = certs
     env = {**os.environ, "TUNNELNB_API_TOKEN": API_TOKEN, "TUNNELNB_DEVICE_SECRET": "dev-secret",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from IPython.utils.text import DollarFormatter
 
+from tests.conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.errors import UnknownTargets
 from tunnelnb.fleet.fleet import Fleet
@@ -19,8 +20,6 @@ from tunnelnb.notebook.ansi import PALETTE
 from tunnelnb.notebook.widgets import ANY_TAG, DevicePicker, FleetDashboard, Targets, Terminal
 from tunnelnb.server.agent import Agent
 from tunnelnb.server.sshserver import ShellServer
-
-from .conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
 
 ALL = ("device-01", "device-02", "device-03", "device-04", "device-05", "device-06")
 
