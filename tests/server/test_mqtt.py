@@ -542,9 +542,8 @@ async def test_a_broker_that_checks_passwords_accepts_the_iotda_credentials(
 
 async def test_mqtts_and_wss_with_certificate_verification(workdir: Path, broker_factory, ssh_server) -> None:
     """The issue's acceptance: online through mosquitto, tunnel_notify, a command over wss://, verification on."""
-    from tunnelnb.tls import client_ssl, server_ssl
-
     from tests.client.test_tls import make_ca_and_leaf
+    from tunnelnb.tls import client_ssl, server_ssl
 
     ca, leaf, key = make_ca_and_leaf(workdir)
     for path in (leaf, key):
@@ -580,9 +579,8 @@ async def test_cli_platform_and_agent_over_mqtt(broker: Mosquitto, tmp_path: Pat
     import os
     import re
 
-    from tunnelnb.client.session import DeviceSession
-
     from tests.cli.test_cli import TUNNELNB, spawn
+    from tunnelnb.client.session import DeviceSession
 
     token = "mqtt-cli-token"
     env = {**os.environ, "TUNNELNB_API_TOKEN": token, "TUNNELNB_DEVICE_SECRET": "mqtt-secret",
