@@ -11,6 +11,7 @@ rely on a builtin base (``ValueError`` for bad input, ``LookupError``,
     ├── TunnelError
     │   ├── TunnelAuthError           the tunnel token was refused
     │   ├── TunnelClosed              the WebSocket closed (``code``, ``final``)
+    │   ├── TunnelGone                the platform no longer has the tunnel (404)
     │   ├── DeviceOffline
     │   ├── DeviceDisconnected
     │   └── LoginError
@@ -61,6 +62,7 @@ __all__ = [
     "TunnelAuthError",
     "TunnelClosed",
     "TunnelError",
+    "TunnelGone",
     "TunnelnbError",
     "UnknownTargets",
 ]
@@ -112,6 +114,10 @@ class TunnelClosed(TunnelError):
         self.reason = reason
         self.final = final
         super().__init__(message)
+
+
+class TunnelGone(TunnelError):
+    """The platform no longer has the tunnel (HTTP 404 on connecting): it was deleted, or the platform restarted."""
 
 
 class DeviceOffline(TunnelError):

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from ..client.backend import TunnelGrant
-from ..errors import PlatformError, PlatformUnreachable, TunnelAuthError, TunnelError, TunnelnbError
+from ..errors import PlatformError, PlatformUnreachable, TunnelAuthError, TunnelError, TunnelGone, TunnelnbError
 from .file import command_of, describe_frame, mask_keys
 
 __all__ = [
@@ -69,7 +69,7 @@ def error_record(exc: BaseException) -> dict[str, Any]:
 
 
 _ERROR_TYPES: dict[str, type[TunnelnbError]] = {
-    cls.__name__: cls for cls in (TunnelnbError, PlatformUnreachable, TunnelError, TunnelAuthError)
+    cls.__name__: cls for cls in (TunnelnbError, PlatformUnreachable, TunnelError, TunnelAuthError, TunnelGone)
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from ..errors import ProtocolError, TunnelAuthError, TunnelClosed, TunnelError
+from ..errors import ProtocolError, TunnelAuthError, TunnelClosed, TunnelError, TunnelGone
 from ..protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, FINAL_CLOSE_CODES, CloseCode, Frame, decode_frame, encode_frame
 
 __all__ = ["TunnelSocket", "WebSocketLike", "tunnel_closed"]
@@ -100,7 +100,7 @@ class TunnelSocket:
                     "the platform refused the tunnel token (HTTP 401: expired or wrong): create a new tunnel"
                 ) from None
             if exc.status == 404:
-                raise TunnelError("no such tunnel on the platform (HTTP 404): it was deleted; open a new one") from None
+                raise TunnelGone("no such tunnel on the platform (HTTP 404): it was deleted; open a new one") from None
             raise TunnelError(f"the platform refused the tunnel connection (HTTP {exc.status})") from None
         except aiohttp.ClientConnectionError as exc:
             raise TunnelError(f"cannot open the tunnel WebSocket at {_strip_query(uri)}: {exc}") from None

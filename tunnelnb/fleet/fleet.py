@@ -21,15 +21,18 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
 from ..client.backend import PASSWORD_PLACEHOLDER, PlatformBackend
+from ..client.clock import Clock
 from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, RunAborted, TunnelnbError
+from ..protocol.shell import strip_escapes
 from .results import Results
 from .tables import inventory_table, status_table
 from .targets import select_targets
@@ -48,6 +51,16 @@ RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command",
 
 OutputCallback = Callable[[str, str], None]
 ResultCallback = Callable[[CommandResult], None]
+
+@dataclass
+class _Progress:
+    """What a device's task has done so far in a run: a cancelled row keeps its output and time."""
+
+    clock: Clock
+    t0: float
+    started_at: datetime
+    chunks: list[str] = field(default_factory=list)
+
 
 class Fleet:
     """The devices of one platform project, ready for commands.
@@ -246,9 +259,13 @@ class Fleet:
                 stacklevel=3,
             )
 
+        progress: dict[str, _Progress] = {}
+
         async def one(device_id: str) -> None:
             async with limit:
-                rows[device_id] = row = await self._run_one(device_id, command, timeout, on_output, login_only)
+                rows[device_id] = row = await self._run_one(
+                    device_id, command, timeout, on_output, login_only, progress
+                )
             if on_result is not None:
                 on_result(row)
 
@@ -264,14 +281,33 @@ class Fleet:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._record(command, ids, rows, started_at)
+            self._record(command, ids, rows, started_at, progress)
             raise
-        return self._record(command, ids, rows, started_at)
+        return self._record(command, ids, rows, started_at, progress)
 
-    def _record(self, command: str, ids: list[str], rows: dict[str, CommandResult], started_at: datetime) -> Results:
+    def _record(
+        self,
+        command: str,
+        ids: list[str],
+        rows: dict[str, CommandResult],
+        started_at: datetime,
+        progress: dict[str, _Progress],
+    ) -> Results:
         def cancelled(device_id: str) -> CommandResult:
+            done = progress.get(device_id)
+            if done is None:  # never started: it waited for its turn
+                return CommandResult(
+                    device_id, command, ResultStatus.CANCELLED, None, "", 0.0, started_at, "the run was cancelled"
+                )
             return CommandResult(
-                device_id, command, ResultStatus.CANCELLED, None, "", 0.0, started_at, "the run was cancelled"
+                device_id,
+                command,
+                ResultStatus.CANCELLED,
+                None,
+                strip_escapes("".join(done.chunks)),
+                done.clock.monotonic() - done.t0,
+                done.started_at,
+                "the run was cancelled",
             )
 
         results = Results([rows.get(d) or cancelled(d) for d in ids])
@@ -286,11 +322,29 @@ class Fleet:
         timeout: float,
         on_output: OutputCallback | None,
         login_only: bool,
+        progress: dict[str, _Progress],
     ) -> CommandResult:
         self._running[device_id] = command
         self._changed(device_id)
         try:
-            result = await self._run_one_row(device_id, command, timeout, on_output, login_only)
+            result = await self._run_one_row(device_id, command, timeout, on_output, login_only, progress)
+        except (asyncio.CancelledError, RunAborted):
+            raise
+        except Exception as exc:  # a bug must cost one row, never the table
+            log.exception("device %s: the run failed", device_id)
+            clock = self.api.clock_for(device_id)
+            done = progress.get(device_id)
+            result = CommandResult(
+                device_id,
+                command,
+                ResultStatus.DISCONNECTED,
+                None,
+                strip_escapes("".join(done.chunks)) if done else "",
+                clock.monotonic() - done.t0 if done else 0.0,
+                done.started_at if done else clock.now(),
+                f"tunnelnb failed on this device ({type(exc).__name__}: {exc}); the next run starts afresh",
+            )
+            await self.close([device_id])
         finally:
             self._running.pop(device_id, None)
         if not login_only:
@@ -315,17 +369,19 @@ class Fleet:
         timeout: float,
         on_output: OutputCallback | None,
         login_only: bool,
+        progress: dict[str, _Progress],
     ) -> CommandResult:
         RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
         clock = self.api.clock_for(device_id)
         started_at = clock.now()
         t0 = clock.monotonic()
+        done = progress[device_id] = _Progress(clock, t0, started_at)
 
         def row(status: str, error: str) -> CommandResult:
             return CommandResult(device_id, command, status, None, "", clock.monotonic() - t0, started_at, error)
 
         try:
-            session = await self._session_for(device_id)
+            session = await self._session_for(device_id, timeout)
         except (asyncio.CancelledError, RunAborted):
             raise
         except DeviceOffline as exc:
@@ -355,7 +411,11 @@ class Fleet:
                 return CommandResult(
                     device_id, command, ResultStatus.OK, 0, "", clock.monotonic() - t0, started_at, ""
                 )
-            callback = (lambda text: on_output(device_id, text)) if on_output else None
+            def callback(text: str) -> None:
+                done.chunks.append(text)
+                if on_output is not None:
+                    on_output(device_id, text)
+
             try:
                 return await session.run(command, timeout=timeout, on_output=callback)
             except (asyncio.CancelledError, RunAborted):
@@ -367,7 +427,7 @@ class Fleet:
 
     # -- the session pool -------------------------------------------------
 
-    async def _session_for(self, device_id: str) -> DeviceSession:
+    async def _session_for(self, device_id: str, timeout: float) -> DeviceSession:
         """The device's session, opening one (and evicting an idle one) when needed."""
         evicted: DeviceSession | None = None
         async with self._pool:
@@ -390,7 +450,7 @@ class Fleet:
         try:
             if evicted is not None:
                 await evicted.close()  # frees its login before another device takes the slot
-            await session.open()
+            await session.open(timeout=timeout)
         except BaseException:
             async with self._pool:
                 if self._sessions.get(device_id) is session:

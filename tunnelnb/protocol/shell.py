@@ -21,11 +21,13 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_STATUS_DIGITS",
     "MAX_TYPED_LINE",
     "CommandParser",
     "Finished",
     "Output",
     "TerminalText",
+    "bad_exit_status",
     "command_script",
     "new_marker_id",
     "setup_script",
@@ -171,9 +173,38 @@ class Output:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """The end marker: the command is done with this exit status."""
+    """The end marker: the command is done with this exit status.
 
-    exit_code: int
+    ``exit_code`` is None when the marker's status is not one a shell gives (a
+    number from 0 to 255); ``problem`` then says what it was.
+    """
+
+    exit_code: int | None
+    problem: str = ""
+
+
+#: At most this many digits are read as an end marker's exit status (a shell's is at most 3).
+MAX_STATUS_DIGITS = 64
+
+
+def bad_exit_status(digits: str) -> str:
+    """The sentence for an end marker whose exit status is not a shell's (``digits``: what it held).
+
+    ``digits`` longer than :data:`MAX_STATUS_DIGITS` means the parser stopped reading there.
+    """
+    if len(digits) > MAX_STATUS_DIGITS:
+        shown = f"{digits[:12]}… (more than {MAX_STATUS_DIGITS} digits)"
+    elif len(digits) > 20:
+        shown = f"{digits[:12]}… ({len(digits)} digits)"
+    else:
+        shown = digits
+    return f"the end marker's exit status {shown} is not a number from 0 to 255: the output was damaged or forged"
+
+
+def _finished(digits: str) -> Finished:
+    if len(digits) > 3 or int(digits) > 255:
+        return Finished(None, bad_exit_status(digits))
+    return Finished(int(digits))
 
 
 class CommandParser:
@@ -207,10 +238,10 @@ class CommandParser:
             buf = buf[pos + len(self._begin) :]
         end = self._find_end(buf)
         if end is not None:
-            start, code = end
+            start, finished = end
             if start:
                 events.append(Output(buf[:start]))
-            self.finished = Finished(code)
+            self.finished = finished
             events.append(self.finished)
             self._buf = ""
             return events
@@ -221,18 +252,28 @@ class CommandParser:
         return events
 
 
-    def _find_end(self, buf: str) -> tuple[int, int] | None:
-        """Where the end marker starts in ``buf`` and its exit status (no regex compiled per command)."""
+    def _find_end(self, buf: str) -> tuple[int, Finished] | None:
+        """Where the end marker starts in ``buf`` and what it says (no regex compiled per command).
+
+        At most :data:`MAX_STATUS_DIGITS` digits are read: an end marker with more
+        ends the command at once, as an unusable exit status, and never makes the
+        parser buffer an endless number.
+        """
         pos = buf.find(self._end_prefix)
         while pos >= 0:
-            m = _END_TAIL.match(buf, pos + len(self._end_prefix))
+            start = pos + len(self._end_prefix)
+            m = _END_TAIL.match(buf, start)
             if m:
-                return pos, int(m.group(1))
+                return pos, _finished(m.group(1))
+            m = _TOO_LONG.match(buf, start)
+            if m:
+                return pos, _finished(m.group(0))
             pos = buf.find(self._end_prefix, pos + 1)
         return None
 
 
-_END_TAIL = re.compile(r"(\d+)__\n")
+_END_TAIL = re.compile(rf"(\d{{1,{MAX_STATUS_DIGITS}}})__\n")
+_TOO_LONG = re.compile(rf"\d{{{MAX_STATUS_DIGITS + 1}}}")
 
 
 def _marker_tail(buf: str, prefix: str) -> int:
@@ -241,7 +282,7 @@ def _marker_tail(buf: str, prefix: str) -> int:
     if pos >= 0:
         tail = buf[pos + len(prefix) :]
         # prefix + digits + "__" awaiting its newline, or still growing
-        if re.fullmatch(r"\d*(_(_)?)?", tail):
+        if re.fullmatch(rf"\d{{0,{MAX_STATUS_DIGITS}}}(_(_)?)?", tail):
             return len(buf) - pos
     for n in range(min(len(prefix) - 1, len(buf)), 0, -1):
         if prefix.startswith(buf[-n:]):
