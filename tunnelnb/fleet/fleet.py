@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import getpass
 import itertools
 import logging
@@ -417,11 +418,13 @@ class Fleet:
                     on_output(device_id, text)
 
             try:
-                return await session.run(command, timeout=timeout, on_output=callback)
+                result = await session.run(command, timeout=timeout, on_output=callback)
             except (asyncio.CancelledError, RunAborted):
                 raise
             except TunnelnbError as exc:
                 return row(ResultStatus.DISCONNECTED, str(exc))
+            # The row counts the device's whole part of the run: a new tunnel and a login included.
+            return dataclasses.replace(result, started_at=started_at, duration_s=clock.monotonic() - t0)
         finally:
             await self._release(device_id)
 
