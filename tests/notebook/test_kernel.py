@@ -165,10 +165,13 @@ def test_progress_bar_and_dashboard_are_widgets_updated_live(kernel: Kernel):
 
 
 def test_interrupt_cancels_and_the_next_cell_works(kernel: Kernel):
-    reply = kernel.execute("%%tunnel device-0[1-5] -o cut\nsleep 30", interrupt_after=3.0, timeout=60)
+    reply = kernel.execute("%%tunnel device-0[1-5] -o cut\necho going; sleep 30", interrupt_after=3.0, timeout=60)
     assert reply.status == "error" and reply.content["ename"] == "KeyboardInterrupt"
     assert "cancelled" in "".join(reply.mime("text/html"))
     assert kernel.value("sorted(set(cut.df.status))") == repr(["cancelled"])
+    # Cancelled rows keep what had arrived, and their real duration.
+    assert kernel.value("sorted(set(cut.df.stdout))") == repr(["going\n"])
+    assert kernel.value("bool((cut.df.duration_s > 1.0).all())") == "True"
     after = kernel.ok("%%tunnel device-0[1-5] -o again\necho after")
     assert "after" in after.text()
     assert kernel.value("sorted(set(again.df.stdout))") == repr(["after\n"])
