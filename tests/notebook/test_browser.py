@@ -177,7 +177,10 @@ def check_dashboard_is_live(page: Any) -> None:
         """() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel
             .requestExecute({code: "%tunnel device-05 -- '(exit 7)'"})"""
     )
-    page.wait_for_selector(".tunnelnb-dashboard tr[data-device='device-05'] td.tunnelnb-status-error", timeout=30 * MS)
+    row = ".tunnelnb-dashboard tr[data-device='device-05']"
+    page.wait_for_selector(f"{row} td.tunnelnb-status-error", timeout=30 * MS)
+    # The quotes group the words as on a shell command line: the subshell's exit status, not 127.
+    assert page.locator(f"{row} td").nth(6).inner_text() == "7"
 
 
 @pytest.mark.usefixtures("no_checkpoints_left")

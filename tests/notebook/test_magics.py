@@ -104,6 +104,18 @@ def test_one_liner_and_targets_by_tag(ip):
     assert set(res.ok.df.stdout) == {"42\n"}
 
 
+def test_words_after_the_dashes_mean_what_they_mean_on_a_command_line(ip):
+    """As with `tunnelnb run`: quotes group words, they are not part of the command."""
+    res = run(ip, "%tunnel device-01 --no-stream -- '(exit 7)'").result
+    assert (res.df.status[0], res.df.exit_code[0]) == ("error", 7)
+    res = run(ip, "%tunnel device-01 --no-stream -- 'echo one; echo two'").result
+    assert (res.df.status[0], res.df.stdout[0]) == ("ok", "one\ntwo\n")
+    res = run(ip, '%tunnel device-01 --no-stream -- echo "a  b" | tr a A').result
+    assert res.df.stdout[0] == "A b\n"
+    with pytest.raises(UsageError, match="cannot read the command"):
+        ip.run_line_magic("tunnel", "device-01 -- echo 'unbalanced")
+
+
 def test_config_sets_the_default_timeout(ip):
     run(ip, "%config TunnelMagics.timeout = 1.5")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,20 @@ def run_line(magics: TunnelMagics, line: str) -> Any:
     if not command.strip():
         raise UsageError("no command after --: %tunnel TARGETS -- COMMAND")
     args = parse(before, run_line.parser)
-    return run(magics, args, command.strip())
+    return run(magics, args, shell_words(command))
+
+
+def shell_words(text: str) -> str:
+    """The words after ``--`` as a shell command line means them, joined as ``tunnelnb run`` joins its argv.
+
+    ``%tunnel d -- 'uptime; hostname'`` runs ``uptime; hostname``, as
+    ``tunnelnb run d -- 'uptime; hostname'`` does: the quotes group words, they
+    are not part of the command.
+    """
+    try:
+        return " ".join(shlex.split(text))
+    except ValueError as exc:
+        raise UsageError(f"cannot read the command {text.strip()!r}: {exc}") from None
 
 
 def run_cell(magics: TunnelMagics, args: argparse.Namespace, cell: str) -> Any:
