@@ -19,21 +19,20 @@ import itertools
 import logging
 import os
 import warnings
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
 from ..client.backend import PASSWORD_PLACEHOLDER, PlatformBackend
-from ..client.clock import Clock
 from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, RunAborted, TunnelnbError
-from ..protocol.shell import strip_escapes
+from .logins import Logins
+from .partial import Partial, partial_row
+from .pool import SessionPool
 from .results import Results
 from .tables import inventory_table, status_table
 from .targets import select_targets
@@ -52,16 +51,6 @@ RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command",
 
 OutputCallback = Callable[[str, str], None]
 ResultCallback = Callable[[CommandResult], None]
-
-@dataclass
-class _Progress:
-    """What a device's task has done so far in a run: a cancelled row keeps its output and time."""
-
-    clock: Clock
-    t0: float
-    started_at: datetime
-    chunks: list[str] = field(default_factory=list)
-
 
 class Fleet:
     """The devices of one platform project, ready for commands.
@@ -90,14 +79,9 @@ class Fleet:
         self._api = api
         self.embedded = embedded
         self.concurrency = concurrency
-        self.max_sessions = max_sessions
         self.join_timeout = join_timeout
-        self._default_login = login
-        self._logins: dict[str, tuple[str, str]] = {}
-        self._new_login: set[str] = set()  # devices whose login changed since their session logged in
-        self._sessions: OrderedDict[str, DeviceSession] = OrderedDict()
-        self._busy: set[str] = set()
-        self._pool = asyncio.Condition()
+        self._logins = Logins(login)
+        self._pool = SessionPool(max_sessions, self._new_session)
         self._inventory: list[dict[str, Any]] = []
         self._runs: list[tuple[int, Results]] = []
         self._run_ids = itertools.count(1)
@@ -138,7 +122,7 @@ class Fleet:
 
     def status(self) -> pd.DataFrame:
         """One row per device: online, tunnel, logged in, running command, last result."""
-        return status_table(self._inventory, self._sessions, self._running, self._last)
+        return status_table(self._inventory, self._pool.sessions, self._running, self._last)
 
     def watch(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
         """Call ``callback(device_id)`` whenever a device's state changes (``None``: all may have).
@@ -161,17 +145,12 @@ class Fleet:
     def set_login(self, targets: str | Iterable[str], user: str, password: str) -> list[str]:
         """Remember the login for some devices without logging in yet."""
         ids = self.select(targets)
-        for device_id in ids:
-            self._logins[device_id] = (user, password)
-        self._new_login.update(ids)
+        self._logins.set(ids, user, password)
         return ids
 
     def has_login(self, targets: str | Iterable[str] = "*") -> bool:
         """Does the fleet know a login for every one of ``targets``?"""
-        return all(self._login_for(d) is not None for d in self.select(targets))
-
-    def _login_for(self, device_id: str) -> tuple[str, str] | None:
-        return self._logins.get(device_id) or self._default_login
+        return all(self._logins.get(d) is not None for d in self.select(targets))
 
     async def login(
         self,
@@ -204,9 +183,7 @@ class Fleet:
                 password = PASSWORD_PLACEHOLDER if replaying else getpass.getpass(
                     f"password for {user} on {len(ids)} device(s): "
                 )
-            for device_id in ids:
-                self._logins[device_id] = (user, password)
-            self._new_login.update(ids)
+            self._logins.set(ids, user, password)
         if concurrency is None:
             concurrency = min(self.concurrency, self.max_sessions)
         return await self._fan_out("<login>", ids, timeout, None, concurrency=concurrency, login_only=True)
@@ -260,7 +237,7 @@ class Fleet:
                 stacklevel=3,
             )
 
-        progress: dict[str, _Progress] = {}
+        progress: dict[str, Partial] = {}
 
         async def one(device_id: str) -> None:
             async with limit:
@@ -272,7 +249,7 @@ class Fleet:
 
         # Devices already logged in go first, so a run larger than the session pool
         # uses their sessions before newcomers evict them.
-        ready = [d for d in ids if (s := self._sessions.get(d)) is not None and s.logged_in and not s.closed]
+        ready = [d for d in ids if (s := self._pool.get(d)) is not None and s.logged_in]
         ready_set = set(ready)
         order = ready + [d for d in ids if d not in ready_set]
         tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in order]
@@ -292,24 +269,11 @@ class Fleet:
         ids: list[str],
         rows: dict[str, CommandResult],
         started_at: datetime,
-        progress: dict[str, _Progress],
+        progress: dict[str, Partial],
     ) -> Results:
         def cancelled(device_id: str) -> CommandResult:
-            done = progress.get(device_id)
-            if done is None:  # never started: it waited for its turn
-                return CommandResult(
-                    device_id, command, ResultStatus.CANCELLED, None, "", 0.0, started_at, "the run was cancelled"
-                )
-            return CommandResult(
-                device_id,
-                command,
-                ResultStatus.CANCELLED,
-                None,
-                strip_escapes("".join(done.chunks)),
-                done.clock.monotonic() - done.t0,
-                done.started_at,
-                "the run was cancelled",
-            )
+            cancel = "the run was cancelled"
+            return partial_row(device_id, command, ResultStatus.CANCELLED, cancel, progress.get(device_id), started_at)
 
         results = Results([rows.get(d) or cancelled(d) for d in ids])
         self._runs.append((next(self._run_ids), results))
@@ -323,7 +287,7 @@ class Fleet:
         timeout: float,
         on_output: OutputCallback | None,
         login_only: bool,
-        progress: dict[str, _Progress],
+        progress: dict[str, Partial],
     ) -> CommandResult:
         self._running[device_id] = command
         self._changed(device_id)
@@ -333,17 +297,9 @@ class Fleet:
             raise
         except Exception as exc:  # a bug must cost one row, never the table
             log.exception("device %s: the run failed", device_id)
-            clock = self.api.clock_for(device_id)
-            done = progress.get(device_id)
-            result = CommandResult(
-                device_id,
-                command,
-                ResultStatus.DISCONNECTED,
-                None,
-                strip_escapes("".join(done.chunks)) if done else "",
-                clock.monotonic() - done.t0 if done else 0.0,
-                done.started_at if done else clock.now(),
-                f"tunnelnb failed on this device ({type(exc).__name__}: {exc}); the next run starts afresh",
+            error = f"tunnelnb failed on this device ({type(exc).__name__}: {exc}); the next run starts afresh"
+            result = partial_row(
+                device_id, command, ResultStatus.DISCONNECTED, error, progress.get(device_id), datetime.now(UTC)
             )
             await self.close([device_id])
         finally:
@@ -370,19 +326,19 @@ class Fleet:
         timeout: float,
         on_output: OutputCallback | None,
         login_only: bool,
-        progress: dict[str, _Progress],
+        progress: dict[str, Partial],
     ) -> CommandResult:
         RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
         clock = self.api.clock_for(device_id)
         started_at = clock.now()
         t0 = clock.monotonic()
-        done = progress[device_id] = _Progress(clock, t0, started_at)
+        done = progress[device_id] = Partial(clock, t0, started_at)
 
         def row(status: str, error: str) -> CommandResult:
             return CommandResult(device_id, command, status, None, "", clock.monotonic() - t0, started_at, error)
 
         try:
-            session = await self._session_for(device_id, timeout)
+            session = await self._pool.acquire(device_id, timeout)
         except (asyncio.CancelledError, RunAborted):
             raise
         except DeviceOffline as exc:
@@ -390,9 +346,8 @@ class Fleet:
         except (TunnelnbError, PlatformError) as exc:
             return row(ResultStatus.DISCONNECTED, str(exc))
         try:
-            if not session.logged_in or device_id in self._new_login:
-                self._new_login.discard(device_id)
-                credentials = self._login_for(device_id)
+            if self._logins.take_changed(device_id) or not session.logged_in:
+                credentials = self._logins.get(device_id)
                 if credentials is None:
                     return row(
                         ResultStatus.AUTH_FAILED,
@@ -426,53 +381,27 @@ class Fleet:
             # The row counts the device's whole part of the run: a new tunnel and a login included.
             return dataclasses.replace(result, started_at=started_at, duration_s=clock.monotonic() - t0)
         finally:
-            await self._release(device_id)
+            await self._pool.release(device_id)
 
     # -- the session pool -------------------------------------------------
 
-    async def _session_for(self, device_id: str, timeout: float) -> DeviceSession:
-        """The device's session, opening one (and evicting an idle one) when needed."""
-        evicted: DeviceSession | None = None
-        async with self._pool:
-            while True:
-                session = self._sessions.get(device_id)
-                if session is not None and not session.closed:
-                    self._sessions.move_to_end(device_id)
-                    self._busy.add(device_id)
-                    return session
-                if len(self._sessions) < self.max_sessions:
-                    break
-                victim = next((d for d in self._sessions if d not in self._busy), None)
-                if victim is not None:
-                    evicted = self._sessions.pop(victim)
-                    break
-                await self._pool.wait()
-            session = DeviceSession(self.api, device_id, join_timeout=self.join_timeout, delete_tunnel=True)
-            self._sessions[device_id] = session
-            self._busy.add(device_id)
-        try:
-            if evicted is not None:
-                await evicted.close()  # frees its login before another device takes the slot
-            await session.open(timeout=timeout)
-        except BaseException:
-            async with self._pool:
-                if self._sessions.get(device_id) is session:
-                    del self._sessions[device_id]
-                self._busy.discard(device_id)
-                self._pool.notify_all()
-            with contextlib.suppress(Exception):
-                await session.close()
-            raise
-        return session
+    @property
+    def max_sessions(self) -> int:
+        """How many devices stay logged in at once (IoTDA: 100 per instance); raise it if yours allows more."""
+        return self._pool.max_sessions
 
-    async def _release(self, device_id: str) -> None:
-        async with self._pool:
-            self._busy.discard(device_id)
-            self._pool.notify_all()
+    @max_sessions.setter
+    def max_sessions(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self._pool.max_sessions = value
+
+    def _new_session(self, device_id: str) -> DeviceSession:
+        return DeviceSession(self.api, device_id, join_timeout=self.join_timeout, delete_tunnel=True)
 
     def session(self, device_id: str) -> DeviceSession | None:
         """The open session of a device, if any (for terminals and dashboards)."""
-        return self._sessions.get(device_id)
+        return self._pool.get(device_id)
 
     # -- the backend and what the fleet knows (the cassette layer's seam) ------
 
@@ -484,7 +413,7 @@ class Fleet:
     @property
     def busy(self) -> bool:
         """Is a run or login in progress on some device?"""
-        return bool(self._busy)
+        return self._pool.busy
 
     @property
     def inventory(self) -> list[dict[str, Any]]:
@@ -501,12 +430,10 @@ class Fleet:
         runs: their tunnels are then replaced when the devices are next used).
         Without it, they keep the backend they were made with.
         """
-        if close_sessions and self._busy:
+        if close_sessions and self._pool.busy:
             raise TunnelnbError("a run is in progress: change the fleet's backend between runs")
         self._api = api
-        old = list(self._sessions.values()) if close_sessions else []
-        if close_sessions:
-            self._sessions.clear()
+        old = self._pool.detach() if close_sessions else []
         self._changed(None)
         if not old:
             return None
@@ -519,16 +446,15 @@ class Fleet:
     @property
     def default_login_user(self) -> str | None:
         """The user of the default login, if the fleet has one."""
-        return self._default_login[0] if self._default_login else None
+        return self._logins.default[0] if self._logins.default else None
 
     def login_users(self) -> dict[str, str]:
         """The user of each device given a login of its own (passwords stay private)."""
-        return {device_id: user for device_id, (user, _) in sorted(self._logins.items())}
+        return self._logins.users()
 
     def secret_values(self) -> list[tuple[str, str]]:
         """``(password, "<password>")`` for every password the fleet holds, for a recording to mask."""
-        logins = [self._default_login, *self._logins.values()]
-        return [(login[1], PASSWORD_PLACEHOLDER) for login in logins if login]
+        return self._logins.secret_values()
 
     # -- history and shutdown ----------------------------------------------
 
@@ -543,8 +469,7 @@ class Fleet:
 
     async def close(self, targets: str | Iterable[str] | None = None) -> None:
         """Close sessions (all of them, and whatever the fleet started, when ``targets`` is None)."""
-        ids = list(self._sessions) if targets is None else self.select(targets)
-        sessions = [self._sessions.pop(d) for d in ids if d in self._sessions]
+        sessions = self._pool.detach(None if targets is None else self.select(targets))
         limit = asyncio.Semaphore(min(self.concurrency, DEFAULT_MAX_SESSIONS))
 
         async def close_one(session: DeviceSession) -> None:
