@@ -302,3 +302,34 @@ def test_tag_value_typo_suggests_known_values(inventory: list[dict]) -> None:
 def test_empty_inventory() -> None:
     with pytest.raises(UnknownTargets, match=r"no device matches '\*' \(the inventory is empty\)"):
         select_targets("*", [])
+
+
+# -- intersection and exclusion (Ansible's & and !) -------------------------------
+
+
+def test_and_keeps_only_devices_that_also_match(inventory: list[dict]) -> None:
+    assert select_targets("device-0[1-4] &@edge", inventory) == ids(1, 3)
+    assert select_targets("@edge &@fw=2.1", inventory) == ids(1, 3)
+
+
+def test_not_removes_devices(inventory: list[dict]) -> None:
+    assert select_targets("@edge !device-03", inventory) == ids(1, 5, 7, 9, 11)
+    assert select_targets("@edge &@fw=2.2 !device-0[5-7]", inventory) == ids(9, 11)
+
+
+def test_only_exclusions_apply_to_every_device(inventory: list[dict]) -> None:
+    assert select_targets("!@edge !device-12", inventory) == ids(2, 4, 6, 8, 10)
+    assert select_targets("&@status=OFFLINE", inventory) == ids(12)
+
+
+def test_an_intersection_may_leave_nothing(inventory: list[dict]) -> None:
+    assert select_targets("device-02 &@edge", inventory) == []
+
+
+def test_and_and_not_terms_must_match_a_device(inventory: list[dict]) -> None:
+    with pytest.raises(UnknownTargets) as info:
+        select_targets("@edge !devcie-03 &@fw=9", inventory)
+    assert info.value.terms == ["!devcie-03", "&@fw=9"]
+    assert info.value.suggestions["!devcie-03"] == ["!device-03"]
+    with pytest.raises(TargetError, match="needs a pattern"):
+        select_targets("@edge !", inventory)

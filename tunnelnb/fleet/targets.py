@@ -23,6 +23,11 @@ do not separate), or a list of such strings (a magic's ``$targets``).  Terms:
     (``@fw=2.*``).
 ``*`` or ``all``
     every device in the inventory.
+``&PATTERN``, ``!PATTERN``
+    as in Ansible's patterns: the plain terms are a union, ``&PATTERN`` keeps only
+    the devices that also match it, ``!PATTERN`` removes the devices that match it
+    (``@edge &@fw=2.1 !device-12``); with no plain term they apply to every device
+    (``!device-12`` is all the others).  In a shell, quote them (``'!device-12'``).
 
 The result is the matching ids, each once, in inventory order.  Every term must match at
 least one device: a term that matches none is almost always a typo, and running on
@@ -225,6 +230,8 @@ def _match_term(term: str, ids: list[str], records: list[Mapping[str, Any]]) -> 
 
 def _suggest(term: str, ids: list[str], records: list[Mapping[str, Any]]) -> list[str]:
     """Close spellings for an unmatched term, from the inventory's ids or tags."""
+    if term[:1] in "&!":
+        return [term[0] + close for close in _suggest(term[1:], ids, records)]
     if term.startswith("@"):
         vocabulary: set[str] = set()
         for record in records:
@@ -269,12 +276,29 @@ def select_targets(spec: str | Iterable[Any] | None, inventory: Iterable[Mapping
     records = _records(inventory)
     ids = [str(record.get("device_id", "")) for record in records]
     selected: set[int] = set()
+    keep: list[set[int]] = []
+    drop: set[int] = set()
     unmatched: list[str] = []
+    plain = False
     for term in dict.fromkeys(terms):
-        found = _match_term(term, ids, records)
+        pattern = term[1:] if term[:1] in "&!" else term
+        if not pattern:
+            raise TargetError(f"{term!r} needs a pattern after {term!r}: e.g. &@edge or !device-12")
+        found = _match_term(pattern, ids, records)
         if not found:
             unmatched.append(term)
-        selected.update(found)
+        if term.startswith("&"):
+            keep.append(set(found))
+        elif term.startswith("!"):
+            drop.update(found)
+        else:
+            plain = True
+            selected.update(found)
+    if not plain:
+        selected = set(range(len(ids)))
+    for found_set in keep:
+        selected &= found_set
+    selected -= drop
     if unmatched:
         suggestions = {term: _suggest(term, ids, records) for term in unmatched}
         raise UnknownTargets(unmatched, suggestions, len(records))
