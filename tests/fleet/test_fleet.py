@@ -155,3 +155,16 @@ async def test_history_never_holds_passwords(fleet: Fleet):
     text = fleet.history.to_csv()
     assert SSH_PASSWORD not in text
     assert SSH_PASSWORD not in repr(fleet.last_results)
+
+
+async def test_a_refused_new_login_keeps_the_working_one(fleet: Fleet):
+    """The device ends its shell on every connect, so a wrong new password must not leave it broken."""
+    assert list((await fleet.run("echo before", "device-01", timeout=10)).df.status) == ["ok"]
+    res = await fleet.login("device-01", user=SSH_USER, password="definitely-wrong", timeout=10)
+    assert res.df.status[0] == "auth_failed"
+    assert res.df.error[0].endswith(
+        "; the previous login works and stays in use (its shell is new: cd and variables were reset)"
+    )
+    assert "definitely-wrong" not in res.df.error[0]
+    after = await fleet.run("echo after", "device-01", timeout=10)
+    assert (after.df.status[0], after.df.stdout[0]) == ("ok", "after\n")

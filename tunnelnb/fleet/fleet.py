@@ -346,18 +346,23 @@ class Fleet:
         except (TunnelnbError, PlatformError) as exc:
             return row(ResultStatus.DISCONNECTED, str(exc))
         try:
-            if self._logins.take_changed(device_id) or not session.logged_in:
+            changed = self._logins.take_changed(device_id)
+            if changed or not session.logged_in:
                 credentials = self._logins.get(device_id)
                 if credentials is None:
                     return row(
                         ResultStatus.AUTH_FAILED,
                         "no login for this device: fleet.login(targets, user=..., password_env=...)",
                     )
+                was_working = session.logged_in
                 try:
                     await session.login(*credentials, timeout=min(timeout, 30.0))
+                    self._logins.worked(device_id, credentials)
                 except RunAborted:
                     raise
                 except AuthFailed as exc:
+                    if changed and was_working:
+                        return row(ResultStatus.AUTH_FAILED, await self._keep_working_login(session, exc))
                     return row(ResultStatus.AUTH_FAILED, str(exc))
                 except DeviceOffline as exc:
                     return row(ResultStatus.OFFLINE, str(exc))
@@ -382,6 +387,21 @@ class Fleet:
             return dataclasses.replace(result, started_at=started_at, duration_s=clock.monotonic() - t0)
         finally:
             await self._pool.release(device_id)
+
+    async def _keep_working_login(self, session: DeviceSession, refused: AuthFailed) -> str:
+        """A new login was refused on a device that had a working one: log in with that again.
+
+        (The device ends its shell on every ``connect``, so the new login could not be
+        tried beside the working one.)  Returns the row's error.
+        """
+        working = self._logins.restore(session.device_id)
+        if working is None:
+            return str(refused)
+        try:
+            await session.login(*working)
+        except TunnelnbError as exc:
+            return f"{refused}; logging in again with the previous login failed too: {exc}"
+        return f"{refused}; the previous login works and stays in use (its shell is new: cd and variables were reset)"
 
     # -- the session pool -------------------------------------------------
 

@@ -21,6 +21,7 @@ class Logins:
         self.default = default
         self._per_device: dict[str, tuple[str, str]] = {}
         self._changed: set[str] = set()  # devices whose login changed since their session logged in
+        self._working: dict[str, tuple[str, str]] = {}  # the login each device's session last logged in with
 
     def set(self, ids: Iterable[str], user: str, password: str) -> None:
         ids = list(ids)
@@ -30,6 +31,17 @@ class Logins:
 
     def get(self, device_id: str) -> tuple[str, str] | None:
         return self._per_device.get(device_id) or self.default
+
+    def worked(self, device_id: str, login: tuple[str, str]) -> None:
+        """``login`` logged the device in: it is the one to go back to if a new one is refused."""
+        self._working[device_id] = login
+
+    def restore(self, device_id: str) -> tuple[str, str] | None:
+        """Go back to the device's last working login (a new one was refused); it, or None."""
+        working = self._working.get(device_id)
+        if working is not None:
+            self._per_device[device_id] = working
+        return working
 
     def take_changed(self, device_id: str) -> bool:
         """Did the device's login change since its session logged in?  (Asking clears it.)"""
@@ -43,5 +55,5 @@ class Logins:
 
     def secret_values(self) -> list[tuple[str, str]]:
         """``(password, "<password>")`` for every password held, for a recording to mask."""
-        logins = [self.default, *self._per_device.values()]
+        logins = [self.default, *self._per_device.values(), *self._working.values()]
         return [(login[1], PASSWORD_PLACEHOLDER) for login in logins if login]
