@@ -17,9 +17,8 @@ rely on a builtin base (``ValueError`` for bad input, ``LookupError``,
     │   └── LoginError
     │       └── AuthFailed            the device's SSH server refused the login
     ├── SessionStateError             a session event its state does not allow (a bug)
-    ├── RunAborted                    stops a whole run instead of becoming a row
-    │   └── CassetteMismatch
     ├── CassetteError
+    │   └── CassetteMismatch          a strict replay was asked for what its cassette lacks
     ├── ProtocolError (ValueError)    a frame or payload that cannot be understood
     ├── SignatureError (ValueError)   an AK/SK signature that does not verify
     ├── TLSConfigError (ValueError)
@@ -54,7 +53,6 @@ __all__ = [
     "PlatformError",
     "PlatformUnreachable",
     "ProtocolError",
-    "RunAborted",
     "SessionStateError",
     "SignatureError",
     "TLSConfigError",
@@ -151,19 +149,15 @@ class SessionStateError(TunnelnbError):
 # -- runs and cassettes -------------------------------------------------------------
 
 
-class RunAborted(TunnelnbError):
-    """An error that stops a whole run: the fleet re-raises it instead of making it a device's row."""
-
-
 class CassetteError(TunnelnbError):
     """A cassette that cannot be read or used: missing, not a cassette, an unknown format version."""
 
 
-class CassetteMismatch(RunAborted):
+class CassetteMismatch(CassetteError):
     """A strict replay was asked for something its cassette does not have.
 
-    A :class:`RunAborted`: a replay that leaves its cassette must stop the run, not
-    show a table the recording never had.
+    Like any device failure it is that device's row (``disconnected``, naming the
+    command); the other devices' rows replay as recorded.
     """
 
     def __init__(self, device_id: str | None, message: str) -> None:

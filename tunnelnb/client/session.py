@@ -30,7 +30,6 @@ from ..errors import (
     DeviceDisconnected,
     DeviceOffline,
     LoginError,
-    RunAborted,
     TunnelClosed,
     TunnelError,
     TunnelnbError,
@@ -272,8 +271,6 @@ class DeviceSession(TunnelLink):
                 await self._login(timeout)
             if self.state is SessionState.RESYNC:
                 await self._resync(timeout)
-        except RunAborted:
-            raise
         except AuthFailed as exc:
             return ResultStatus.AUTH_FAILED, str(exc)
         except DeviceOffline as exc:

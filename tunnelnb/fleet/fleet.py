@@ -29,7 +29,8 @@ import pandas as pd
 from ..client.backend import PASSWORD_PLACEHOLDER, PlatformBackend
 from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
-from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, RunAborted, TunnelnbError
+from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, TunnelnbError
+from .exitcodes import DEFAULT_OK_CODES, apply_ok_codes, check_ok_codes
 from .logins import Logins
 from .partial import Partial, partial_row
 from .pool import SessionPool
@@ -199,8 +200,13 @@ class Fleet:
         concurrency: int | None = None,
         on_output: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
+        ok_codes: Iterable[int] = DEFAULT_OK_CODES,
     ) -> Results:
         """Run ``command`` on every target; one row per device, whatever happens.
+
+        ``ok_codes`` lists the exit statuses that make a row ``ok`` (its ``exit_code``
+        is kept): ``(0, 1)`` for ``grep``, which exits 1 when it finds nothing; any
+        other status is ``error``.
 
         ``on_output(device_id, text)`` sees output as it arrives, ``on_result(row)``
         each device's row as soon as it is done (for progress displays).  Cancelling
@@ -210,8 +216,11 @@ class Fleet:
         """
         if not self._inventory:
             await self.refresh()
+        codes = check_ok_codes(ok_codes)
         ids = self.select(targets)
-        return await self._fan_out(command, ids, timeout, on_output, concurrency=concurrency, on_result=on_result)
+        return await self._fan_out(
+            command, ids, timeout, on_output, concurrency=concurrency, on_result=on_result, ok_codes=codes
+        )
 
     async def _fan_out(
         self,
@@ -223,6 +232,7 @@ class Fleet:
         concurrency: int | None = None,
         login_only: bool = False,
         on_result: ResultCallback | None = None,
+        ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
     ) -> Results:
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -242,7 +252,7 @@ class Fleet:
         async def one(device_id: str) -> None:
             async with limit:
                 rows[device_id] = row = await self._run_one(
-                    device_id, command, timeout, on_output, login_only, progress
+                    device_id, command, timeout, on_output, login_only, progress, ok_codes
                 )
             if on_result is not None:
                 on_result(row)
@@ -288,12 +298,15 @@ class Fleet:
         on_output: OutputCallback | None,
         login_only: bool,
         progress: dict[str, Partial],
+        ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
     ) -> CommandResult:
         self._running[device_id] = command
         self._changed(device_id)
         try:
-            result = await self._run_one_row(device_id, command, timeout, on_output, login_only, progress)
-        except (asyncio.CancelledError, RunAborted):
+            result = await self._run_one_row(
+                device_id, command, timeout, on_output, login_only, progress, ok_codes
+            )
+        except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must cost one row, never the table
             log.exception("device %s: the run failed", device_id)
@@ -327,6 +340,7 @@ class Fleet:
         on_output: OutputCallback | None,
         login_only: bool,
         progress: dict[str, Partial],
+        ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
     ) -> CommandResult:
         RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
         clock = self.api.clock_for(device_id)
@@ -339,7 +353,7 @@ class Fleet:
 
         try:
             session = await self._pool.acquire(device_id, timeout)
-        except (asyncio.CancelledError, RunAborted):
+        except asyncio.CancelledError:
             raise
         except DeviceOffline as exc:
             return row(ResultStatus.OFFLINE, str(exc))
@@ -358,8 +372,6 @@ class Fleet:
                 try:
                     await session.login(*credentials, timeout=min(timeout, 30.0))
                     self._logins.worked(device_id, credentials)
-                except RunAborted:
-                    raise
                 except AuthFailed as exc:
                     if changed and was_working:
                         return row(ResultStatus.AUTH_FAILED, await self._keep_working_login(session, exc))
@@ -379,12 +391,13 @@ class Fleet:
 
             try:
                 result = await session.run(command, timeout=timeout, on_output=callback)
-            except (asyncio.CancelledError, RunAborted):
+            except asyncio.CancelledError:
                 raise
             except TunnelnbError as exc:
                 return row(ResultStatus.DISCONNECTED, str(exc))
             # The row counts the device's whole part of the run: a new tunnel and a login included.
-            return dataclasses.replace(result, started_at=started_at, duration_s=clock.monotonic() - t0)
+            result = dataclasses.replace(result, started_at=started_at, duration_s=clock.monotonic() - t0)
+            return apply_ok_codes(result, ok_codes)
         finally:
             await self._pool.release(device_id)
 
