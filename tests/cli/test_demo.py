@@ -337,3 +337,26 @@ def test_a_child_that_ignores_sigterm_is_killed_with_what_it_left_behind(
     assert not wait_gone(family), family
     err = capsys.readouterr().err
     assert "stubborn did not stop in 1 s; killing it" in err and "killed 1 process(es) stubborn left behind" in err
+
+
+def test_demo_jupyterlab_says_nothing_it_need_not(tmp_path: Path) -> None:
+    """Issue 15: opening the notebook and starting its kernel prints no "not trusted" and no TCP-encryption warning."""
+    with running_demo(tmp_path) as demo:
+        status, body = demo.api(f"/api/contents/{demo.notebook_path}?content=1")  # the trust check
+        assert status == 200, body
+        request = urllib.request.Request(
+            f"{demo.base_url}/api/kernels",
+            data=b'{"name": "python3"}',
+            headers={"Authorization": f"token {demo.token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with OPENER.open(request, timeout=60) as response:
+            assert response.status == 201
+        # The kernel warns as it binds its sockets, before it answers anything; no client connects
+        # here, so its state stays "starting": give it time instead.
+        time.sleep(5.0)
+        os.killpg(demo.popen.pid, signal.SIGINT)
+        assert demo.wait_exit(STOPPED) == 0, demo.describe()
+    output = demo.stdout + demo.stderr
+    assert "not trusted" not in output, demo.describe()
+    assert "without encryption" not in output, demo.describe()

@@ -370,8 +370,12 @@ def test_table_skip_lines_before_the_header() -> None:
     assert row["WHAT"] == "w"
 
 
-def test_table_header_only_is_no_rows_and_empty_is_an_error() -> None:
-    assert parse_output("table", "PID TTY TIME CMD\n") == []
+def test_table_header_only_or_one_line_is_an_error_that_says_so() -> None:
+    # Issue 15: `--parse table` on uptime (one line) was an empty frame with no error.
+    with pytest.raises(ParseError, match=r"^table: no data lines under the header \(it starts 'PID TTY TIME CMD'\)$"):
+        parse_output("table", "PID TTY TIME CMD\n")
+    with pytest.raises(ParseError, match=r"^table: no data lines under the header \(it starts '09:41:07 up"):
+        parse_output("table", UPTIME)
     with pytest.raises(ParseError, match=r"^table: the output is empty \(no header line\)$"):
         parse_output("table", "\n  \n")
 
@@ -428,7 +432,7 @@ def test_regex_bad_patterns(opts: dict, message: str) -> None:
 
 
 def test_unknown_format_and_option() -> None:
-    with pytest.raises(ParseError, match=r"^unknown output format 'yaml': use one of kv, json, csv, table, regex$"):
+    with pytest.raises(ParseError, match=r"^unknown output format 'yaml': use one of kv, json, csv, table, regex, df,"):
         parse_output("yaml", "a: 1")
     with pytest.raises(ParseError, match=r"^table: unknown option sepp \(options: columns, skip\)$"):
         parse_output("table", DF_H_PI, sepp=",")
@@ -436,7 +440,7 @@ def test_unknown_format_and_option() -> None:
         make_parser("csv", sep="::")
     with pytest.raises(ParseError, match=r"^table: skip must be a number of lines"):
         make_parser("table", skip=-1)
-    assert set(FORMATS) == {"kv", "json", "csv", "table", "regex"}
+    assert set(FORMATS) >= {"kv", "json", "csv", "table", "regex", "df", "free", "uptime", "ps", "ip-addr", "lsblk"}
     assert issubclass(ParseError, TunnelnbError)
 
 
@@ -516,6 +520,8 @@ def test_parse_results_long_table_with_numbers() -> None:
     frame = parse_results([result("gw-1", FREE_M), result("gw-2", FREE_M_PI)], "table")
     assert list(frame.columns) == [
         "device_id",
+        "status",
+        "error",
         "label",
         "total",
         "used",
@@ -556,37 +562,47 @@ def test_parse_failure_is_a_row_for_that_device_only() -> None:
     assert frame["parse_error"].tolist()[0] == "" and frame["parse_error"].tolist()[2:] == ["", ""]
     assert frame["parse_error"][1].startswith("json: Expecting value at line 1 column 1")
     assert frame["v"].isna().tolist() == [False, True, False, False]
-    assert frame["v"].dtype == "float64"  # JSON's own numbers, with a gap
+    assert frame["v"].dtype == "Int64"  # JSON's own integers, with a gap: nullable, not floats
 
 
-def test_failed_commands_are_skipped_unless_asked() -> None:
+def test_failed_commands_keep_their_row_unparsed_unless_asked() -> None:
+    # Issue 15: devices that were not ok vanished from parsed tables.
     results = [
         result("a", "x=1"),
         result("b", "x=2", ResultStatus.ERROR, 1),
         result("c", "", ResultStatus.OFFLINE, None),
     ]
-    assert parse_results(results, "kv")["device_id"].tolist() == ["a"]
+    frame = parse_results(results, "kv")
+    assert list(frame.columns) == ["device_id", "status", "error", "x", "parse_error"]
+    assert frame["device_id"].tolist() == ["a", "b", "c"]
+    assert frame["status"].tolist() == ["ok", "error", "offline"]
+    assert frame["error"].tolist() == ["", "error", "offline"]
+    assert frame["x"].tolist()[0] == 1 and frame["x"].isna().tolist() == [False, True, True]
+    assert frame["x"].dtype == "Int64" and frame["parse_error"].tolist() == ["", "", ""]
     frame = parse_results(results, "kv", include_failed=True)
     assert frame["device_id"].tolist() == ["a", "b", "c"]
     assert frame["x"].tolist()[:2] == [1, 2]
     assert frame["parse_error"][2] == "kv: no 'key=value' or 'key: value' lines in the output (it is empty)"
 
 
-def test_devices_with_no_rows_are_absent() -> None:
+def test_devices_with_no_rows_keep_one_empty_row() -> None:
     frame = parse_results([result("a", UPTIME), result("b", "no load here")], "regex", pattern=UPTIME_REGEX)
-    assert frame["device_id"].tolist() == ["a"]
-    assert frame["load15"].tolist() == [0.10]
+    assert frame["device_id"].tolist() == ["a", "b"]
+    assert frame["load15"].tolist()[0] == 0.10 and pd.isna(frame["load15"][1])
+    assert frame["parse_error"].tolist() == ["", ""]
 
 
 def test_parsed_columns_named_like_ours_are_renamed() -> None:
-    frame = parse_results([result("gw-1", '{"device_id": "sensor-7", "parse_error": 0}')], "json")
-    assert list(frame.columns) == ["device_id", "device_id_parsed", "parse_error_parsed", "parse_error"]
-    assert frame.iloc[0].tolist() == ["gw-1", "sensor-7", 0, ""]
+    frame = parse_results([result("gw-1", '{"device_id": "sensor-7", "parse_error": 0, "status": "up"}')], "json")
+    assert list(frame.columns) == [
+        "device_id", "status", "error", "device_id_parsed", "parse_error_parsed", "status_parsed", "parse_error"
+    ]
+    assert frame.iloc[0].tolist() == ["gw-1", "ok", "", "sensor-7", 0, "up", ""]
 
 
 def test_no_results_gives_an_empty_frame_with_the_fixed_columns() -> None:
     frame = parse_results([], "kv")
-    assert list(frame.columns) == ["device_id", "parse_error"] and len(frame) == 0
+    assert list(frame.columns) == ["device_id", "status", "error", "parse_error"] and len(frame) == 0
 
 
 def test_bad_options_raise_once_not_per_device() -> None:

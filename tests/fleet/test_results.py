@@ -216,23 +216,56 @@ def test_summary_truncates_long_and_multiline_outputs() -> None:
 def test_header_counts_and_wall_time(fleet: Results) -> None:
     # The first starts at T0, the offline one ends at T0 + 2.3 s: the run took 2.3 s.
     assert fleet.wall_time_s == pytest.approx(2.3)
-    assert fleet.header() == "12 devices · 10 ok · 1 error · 1 offline · 2.3 s"
-    assert Results([make("a")]).header() == "1 device · 1 ok · 0.5 s"
+    assert fleet.header() == "12 devices · ran: 10 ok, 1 error (non-zero exit) · did not run: 1 offline · 2.3 s"
+    assert Results([make("a")]).header() == "1 device · ran: 1 ok · 0.5 s"
     assert Results().header() == "0 devices"
 
 
-def test_repr_is_a_plain_summary(fleet: Results) -> None:
-    text = repr(fleet)
-    first, second = text.split("\n")
-    assert first == "<Results of 'uname -r': 12 devices · 10 ok · 1 error · 1 offline · 2.3 s>"
-    assert second == fleet.summary()
-    assert repr(Results()) == "<Results: 0 devices>\nno results"
+def test_repr_is_a_text_table(fleet: Results) -> None:
+    lines = repr(fleet).split("\n")
+    header = "12 devices · ran: 10 ok, 1 error (non-zero exit) · did not run: 1 offline · 2.3 s"
+    assert lines[0] == f"<Results of 'uname -r': {header}>"
+    assert lines[1].split() == ["device_id", "status", "exit", "duration", "stdout", "error"]
+    assert len(lines) == 14
+    assert lines[2].split() == ["device-01", "ok", "0", "0.50", "s", "6.1.0-21-arm64"]
+    assert lines[12].split()[:5] == ["device-11", "error", "127", "0.50", "s"] and "uname: not found" in lines[12]
+    assert lines[12].endswith("exit status 127")
+    assert lines[13].split() == ["device-12", "offline", "2.30", "s", "device", "device-12", "is", "offline"]
+    assert not any(word in repr(fleet) for word in ("None", "NaN", "<NA>", "nan"))
+    assert repr(Results()) == "<Results: 0 devices>"
+
+
+def test_repr_cuts_wide_values_and_shows_commands_that_differ() -> None:
+    res = Results([
+        make("a", "x" * 200 + "\nsecond line\n", error="e" * 200, command="uptime\n"),
+        make("b", "", ResultStatus.AUTH_FAILED, None, error="SSH login refused", command="df -h\n"),
+    ])
+    lines = repr(res).split("\n")
+    assert lines[0] == "<Results: 2 devices · ran: 1 ok · did not run: 1 auth_failed · 0.5 s>"
+    assert lines[1].split() == ["device_id", "command", "status", "exit", "duration", "stdout", "error"]
+    assert "x" * 39 + "…" in lines[2] and "x" * 41 not in lines[2] and "e" * 59 + "…" in lines[2]
+    assert lines[2].split()[1] == "uptime" and lines[3].split()[1:3] == ["df", "-h"]
+    assert lines[3].endswith("SSH login refused")
+
+
+def test_repr_pretty_is_the_text_table(fleet: Results) -> None:
+    from IPython.lib.pretty import pretty
+
+    assert pretty(fleet) == repr(fleet)
+
+
+def test_commands_lose_trailing_whitespace_for_display() -> None:
+    # Issue 15: %%tunnel cell scripts end with a newline, which showed in the history table.
+    res = Results([make("a", command="uptime\n"), make("b", command="uptime\n")])
+    assert res.df["command"].tolist() == ["uptime", "uptime"]
+    assert repr(res).startswith("<Results of 'uptime': ")
+    assert "<code>uptime</code>" in res.to_html()
 
 
 def test_parse_is_parse_results() -> None:
     res = Results([make("a", "x=1\ny=on"), make("b", "x=2\ny=off"), make("c", "x=3", ResultStatus.ERROR, 1)])
     pd.testing.assert_frame_equal(res.parse("kv"), parse_results(list(res), "kv"))
-    assert res.parse("kv")["x"].tolist() == [1, 2]
+    assert res.parse("kv")["x"].tolist()[:2] == [1, 2] and res.parse("kv")["status"].tolist()[2] == "error"
     assert res.parse("kv", include_failed=True)["x"].tolist() == [1, 2, 3]
 
 
@@ -289,7 +322,8 @@ def test_html_escapes_untrusted_output() -> None:
 
 def test_html_header_and_coloured_status_cells(fleet: Results) -> None:
     markup = fleet._repr_html_()
-    assert "12 devices · 10 ok · 1 error · 1 offline · 2.3 s · <code>uname -r</code>" in markup
+    header = "12 devices · ran: 10 ok, 1 error (non-zero exit) · did not run: 1 offline · 2.3 s"
+    assert f"{header} · <code>uname -r</code>" in markup
     parsed = cells(markup)
     assert len(parsed.rows) == 13
     statuses = [c for c in parsed.classes if c.startswith("tunnelnb-status")]

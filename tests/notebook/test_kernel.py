@@ -7,6 +7,7 @@ works in a cell, and Kernel → Interrupt cancels what is running.
 
 from __future__ import annotations
 
+import ast
 import queue
 import time
 from collections.abc import Iterator
@@ -166,7 +167,11 @@ def test_progress_bar_and_dashboard_are_widgets_updated_live(kernel: Kernel):
 
 def test_interrupt_cancels_and_the_next_cell_works(kernel: Kernel):
     reply = kernel.execute("%%tunnel device-0[1-5] -o cut\necho going; sleep 30", interrupt_after=3.0, timeout=60)
-    assert reply.status == "error" and reply.content["ename"] == "KeyboardInterrupt"
+    assert reply.status == "error" and reply.content["ename"] == "KeyboardInterrupt"  # so Run All stops here
+    # One line under the table, not a 20-line KeyboardInterrupt traceback.
+    assert reply.content["traceback"] == ["interrupted: 5 rows cancelled"]
+    errors = [m["content"]["traceback"] for m in reply.outputs if m["msg_type"] == "error"]
+    assert errors == [["interrupted: 5 rows cancelled"]]
     assert "cancelled" in "".join(reply.mime("text/html"))
     assert kernel.value("sorted(set(cut.df.status))") == repr(["cancelled"])
     # Cancelled rows keep what had arrived, and their real duration.
@@ -175,6 +180,32 @@ def test_interrupt_cancels_and_the_next_cell_works(kernel: Kernel):
     after = kernel.ok("%%tunnel device-0[1-5] -o again\necho after")
     assert "after" in after.text()
     assert kernel.value("sorted(set(again.df.stdout))") == repr(["after\n"])
+
+
+def test_a_failed_connect_keeps_the_connection_and_says_so(kernel: Kernel):
+    kernel.ok("%tunnel login device-01")
+    kernel.ok(
+        "import os\nos.environ['TNB_WRONG_TOKEN'] = 'not-the-token'\n"
+        "magics = get_ipython()._tunnelnb_magics\nwhere, session = magics.where, fleet.session('device-01')"
+    )
+    where = ast.literal_eval(kernel.value("where"))
+    url, project = ast.literal_eval(kernel.value("(fleet.api.base_url, fleet.api.project_id)"))
+    for line, why in [
+        (f"%tunnel connect {url} --project-id {project} --api-token-env TNB_WRONG_TOKEN", "in $TNB_WRONG_TOKEN"),
+        ("%tunnel connect http://127.0.0.1:9 --api-token-env TNB_WRONG_TOKEN", "(connection refused)"),
+    ]:
+        reply = kernel.execute(line)
+        assert reply.status == "error" and reply.content["ename"] == "UsageError"
+        text = reply.text()
+        assert text.count("\n") == 1 and why in text, text
+        assert text.rstrip().endswith(f"; the connection to {where} is still open"), text
+    # Nothing changed: the same fleet and logged-in shell, still running commands.
+    assert kernel.value("(magics.fleet is fleet, magics.where == where, fleet.session('device-01') is session)") == (
+        "(True, True, True)"
+    )
+    assert "device-06" in kernel.ok("%tunnel devices").text()
+    kernel.ok("%tunnel device-01 --no-stream -o still -- echo still here")
+    assert kernel.value("(still.df.status[0], still.df.stdout[0])") == repr(("ok", "still here\n"))
 
 
 def test_a_small_notebook_under_nbclient(tmp_path):

@@ -200,7 +200,7 @@ def test_close_all_then_not_connected(ip):
     magics = shell._tunnelnb_magics
     fleet = magics.fleet
     assert fleet is not None
-    # Reconnecting replaces the connection (the old one is closed first).
+    # Reconnecting replaces the connection (the old one is closed once the new one works).
     assert shell.run_cell("%tunnel connect --embedded --devices 2 --seed 3").success
     assert magics.fleet is not fleet and len(magics.fleet.devices()) == 2
     assert shell.run_cell("%tunnel close --all").success

@@ -413,6 +413,61 @@ async def test_widgets_on_a_loop_in_another_thread(platform, fleet: Fleet):
         runner.close()
 
 
+async def test_widgets_made_on_the_fleets_loop_find_it_themselves(fleet: Fleet):
+    """Issue 15: ``FleetDashboard(fleet)`` in a notebook cell, no ``loop=``: the running loop is the fleet's."""
+    dash = FleetDashboard(fleet, refresh_s=30)
+    term = Terminal(fleet, "device-01", timeout=10)
+    try:
+        assert dash.loop is asyncio.get_running_loop() and term.loop is dash.loop
+        assert (await done(term.submit("echo found"))).stdout == "found\n"
+        await wait_until(lambda: "ok" in cells(dash.html.value, "device-01"), 5, "the dashboard to show the run")
+    finally:
+        dash.close()
+        term.close()
+
+
+def test_a_widget_that_cannot_be_made_says_why_and_leaves_no_del_error(monkeypatch):
+    """Issue 15: no loop here (no running loop, none given): a TypeError naming ``loop=``, nothing at __del__."""
+    import gc
+
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    inert = Fleet(PlatformAPI("http://127.0.0.1:9", project_id="demo", api_token="t"))
+    idle = asyncio.new_event_loop()
+    for make in (
+        lambda: FleetDashboard(inert),
+        lambda: Terminal(inert, "device-01"),
+        lambda: FleetDashboard(inert, loop=idle, refresh_s=0),
+    ):
+        with pytest.raises((TypeError, ValueError)) as failed:
+            make()
+        if failed.type is TypeError:
+            assert "loop=" in str(failed.value)
+        del failed
+        gc.collect()
+    idle.close()
+    assert unraisable == []
+
+
+async def test_dashboard_header_cells_read_as_columns(fleet: Fleet):
+    """Issue 15: one <th> per column, each padded and ruled, so the names do not run together."""
+    page = FleetDashboard(fleet, refresh_s=30)
+    try:
+        head = re.search(r"<thead><tr>(.*?)</tr></thead>", page.html.value, re.S)
+        assert head
+        headers = re.findall(r'<th style="([^"]*)">(.*?)</th>', head.group(1))
+        assert [name for _, name in headers] == [
+            "device", "online", "tunnel", "logged in", "running", "last status", "exit", "duration"
+        ]  # fmt: skip
+        assert len(headers) == len(cells(page.html.value, "device-01"))
+        for style, _ in headers:
+            rules = dict(part.split(":", 1) for part in style.split(";") if part)
+            assert re.fullmatch(r"\d+px \d+px", rules["padding"]) and int(rules["padding"].split()[1][:-2]) >= 6
+            assert "solid" in rules["border-right"] and "solid" in rules["border-bottom"]
+    finally:
+        page.close()
+
+
 # -- DevicePicker ------------------------------------------------------------------------------
 
 

@@ -290,10 +290,56 @@ def lab_argv(root: Path, port: int, open_browser: bool) -> list[str]:
         "--LabApp.log_level=WARN",
         "--LabApp.news_url=None",  # no "receive official Jupyter news?" notification
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        # ipykernel warns "Kernel is running over TCP without encryption" unless the kernel manager
+        # hands it CurveZMQ keys; "auto" does for kernelspecs that declare support (ipykernel's do).
+        # (IPC transport would avoid it too, but its socket paths outgrow the 107-byte limit
+        # under a long JUPYTER_RUNTIME_DIR.)
+        *(["--KernelManager.transport_encryption=auto"] if _curve_available() else []),
+        # Not silenced: "WebSocket ping timeout" means a browser tab stopped answering (the
+        # machine slept, the tab was closed uncleanly); hiding it would take every warning
+        # of the server with it, and the tab reconnects by itself.
     ]  # fmt: skip
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         argv.append("--ServerApp.allow_root=True")  # containers and CI run as root
     return argv
+
+
+def _curve_available() -> bool:
+    """Can this jupyter_client provision CurveZMQ keys (a recent one, pyzmq built with libsodium)?"""
+    try:
+        import zmq
+        from jupyter_client.manager import KernelManager
+    except ImportError:
+        return False
+    return zmq.has("curve") and KernelManager.class_traits().get("transport_encryption") is not None
+
+
+def trust_notebooks(workspace: Path) -> None:
+    """Sign the demo's copies of the notebooks, so JupyterLab does not log "Notebook … is not trusted".
+
+    They are copies of the project's own notebooks (or the user's edits of them, in
+    their own workspace): trusting them only lets their saved outputs (HTML,
+    widgets) show.  Signed with the same notary, in the same Jupyter data
+    directory, that JupyterLab checks.
+    """
+    try:
+        import nbformat
+        from nbformat.sign import NotebookNotary
+    except ImportError:  # no Jupyter: nothing will check
+        return
+    notary = NotebookNotary()
+    try:
+        for path in sorted(workspace.rglob("*.ipynb")):
+            if ".ipynb_checkpoints" in path.parts:
+                continue
+            try:
+                notebook = nbformat.read(path, as_version=4)
+            except (OSError, ValueError):
+                continue  # JupyterLab will say what is wrong with it
+            if not notary.check_signature(notebook):
+                notary.sign(notebook)
+    finally:
+        notary.store.close()
 
 
 def lab_answers(base_url: str, token: str) -> Callable[[], str | None]:
@@ -347,7 +393,9 @@ def start_lab(url: str, port: int, open_browser: bool, creds: Credentials) -> Ch
         "TUNNELNB_LOGIN_PASSWORD": creds.login_password,
         "JUPYTER_TOKEN": creds.lab_token,  # in the environment: a command line is visible to every user
     }
-    argv = lab_argv(demo_workspace(project_root()), port, open_browser)
+    workspace = demo_workspace(project_root())
+    trust_notebooks(workspace)
+    argv = lab_argv(workspace, port, open_browser)
     return start_child("JupyterLab", argv, env, stdout_dir=None, stop_timeout=15.0)  # room to stop the kernels
 
 

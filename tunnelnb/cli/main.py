@@ -17,18 +17,34 @@ from collections.abc import Sequence
 
 from ..errors import TunnelnbError
 
-__all__ = ["main"]
+__all__ = ["main", "parse_ok_codes"]
 
 DEFAULT_PORT = 8765
 
 
-def _add_log_level(p: argparse.ArgumentParser, default: str = "info") -> None:
+def _add_log_level(p: argparse.ArgumentParser, default: str = "warning") -> None:
+    # Quiet by default: an operator following the README runs these in the background of
+    # the terminal they type in, where every INFO line is noise; --log-level info shows more.
     p.add_argument(
         "--log-level",
         default=default,
         choices=["debug", "info", "warning", "error"],
-        help="how much to log on stderr (never tokens or passwords)",
+        help=f"how much to log on stderr (default {default}; never tokens or passwords)",
     )
+
+
+def parse_ok_codes(text: str) -> tuple[int, ...]:
+    """``--ok-codes 0,1`` → ``(0, 1)``: exit statuses that count as success (an argparse type).
+
+    Here rather than in :mod:`.run`, so that parsing a command line imports no pandas.
+    """
+    try:
+        codes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want exit codes separated by commas, e.g. 0,1; got {text!r}") from None
+    if not codes or any(not 0 <= code <= 255 for code in codes):
+        raise argparse.ArgumentTypeError(f"exit codes are 0 to 255, e.g. 0,1; got {text!r}")
+    return codes
 
 
 def _add_platform_auth(p: argparse.ArgumentParser) -> None:
@@ -75,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mqtt-ca-bundle", metavar="PEM", help="trust the mqtts broker's certificate from this CA bundle")
     _add_log_level(p)
+    p.add_argument("--access-log", action="store_true", help="log every HTTP request (aiohttp's access log) on stderr")
 
     p = sub.add_parser("agent", help="the device side: keep the device link, bridge tunnels to SSH")
     p.add_argument("--platform", metavar="URL", help="platform base URL, e.g. http://127.0.0.1:8765")
@@ -104,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     backend.add_argument(
         "--local-shell",
         action="store_true",
-        help="no sshd: spawn a PTY shell directly; logins must match --login-user and $TUNNELNB_LOGIN_PASSWORD",
+        help="no sshd: spawn a PTY shell directly; logins must match --login-user and $TUNNELNB_LOGIN_PASSWORD; "
+        "started as root, the shell runs as the --login-user account (which must exist)",
     )
     p.add_argument("--login-user", default=os.environ.get("USER", "ops"), help="user name for --local-shell")
     p.add_argument("--shell", default="/bin/sh", help="shell for --local-shell (default /bin/sh)")
@@ -115,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
         help="behave like an official device SDK (for testing clients)",
     )
     p.add_argument("--idle-timeout", type=float, default=600.0, help="close an idle SSH session after S seconds")
+    p.add_argument(
+        "--abandon-grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="when the tunnel connection drops, interrupt the running command (Ctrl-C) and end the shell "
+        "session unless the application is heard from within S seconds (default 10)",
+    )
     p.add_argument("--max-message-bytes", type=int, default=10_240)
     _add_tls_client(p)
     _add_log_level(p)
@@ -163,6 +189,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--timeout", type=float, default=30.0, help="per-device command timeout in seconds (default 30)")
     p.add_argument("--concurrency", type=int, default=100, help="devices running at once (default 100)")
+    p.add_argument(
+        "--ok-codes",
+        type=parse_ok_codes,
+        default=(0,),
+        metavar="0,1",
+        help="exit codes that count as success (default 0), e.g. 0,1 for grep",
+    )
     cloud = p.add_argument_group(
         "Huawei Cloud IoTDA (pip install 'tunnelnb[huaweicloud]'; AK/SK from $HUAWEICLOUD_SDK_AK / _SK, "
         "project from --project-id or $HUAWEICLOUD_SDK_PROJECT_ID)"
@@ -195,12 +228,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, *, access_log: bool = False) -> None:
+    """Log ``level`` and above on stderr; aiohttp's access log only with ``access_log``, asyncssh's chatter at debug.
+
+    One access line per request, and asyncssh's several per SSH login, bury the
+    lines that matter even at info, so each has its own switch.
+    """
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    if level != "debug":
+        logging.getLogger("asyncssh").setLevel(max(logging.WARNING, getattr(logging, level.upper())))
 
 
 def _secret(value: str | None, env: str, what: str) -> str:
@@ -268,7 +309,7 @@ def _where(args: argparse.Namespace) -> str:
 def _platform(args: argparse.Namespace) -> int:
     from ..server.platform import serve
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, access_log=args.access_log)
     token = args.api_token or os.environ.get("TUNNELNB_API_TOKEN")
     if not token:
         # Like Jupyter's server token: made up once and shown to the operator only, never logged.
@@ -366,6 +407,7 @@ def _agent(args: argparse.Namespace) -> int:
         password = _secret(None, "TUNNELNB_LOGIN_PASSWORD", "login password for --local-shell")
         kwargs["local_shell"] = (args.login_user, password)
         kwargs["shell"] = (args.shell,)
+        kwargs["shell_user"] = args.login_user
     else:
         kwargs["ssh_host"], kwargs["ssh_port"] = _host_port(args.ssh)
     asyncio.run(
@@ -375,6 +417,7 @@ def _agent(args: argparse.Namespace) -> int:
             device_secret=secret,
             quirks=args.quirks,
             idle_timeout=args.idle_timeout,
+            abandon_grace=args.abandon_grace,
             max_message_bytes=args.max_message_bytes,
             ssl=_client_ssl(args),
             mqtt_url=args.mqtt,

@@ -19,28 +19,75 @@ from typing import TextIO
 from ..errors import FleetSizeWarning, TunnelnbError
 from ..fleet.progress import TextProgress
 from ..fleet.results import Results
+from ..fleet.tables import escape_controls, output_text, text_table
 
-__all__ = ["format_table", "run_command"]
+__all__ = ["RESULT_HEADER", "format_table", "run_command", "short_stdout", "use_colour"]
 
-def format_table(results: Results) -> str:
-    """One aligned row per device; further output lines are indented under the first."""
-    rows = []
-    for r in results:
-        text = r.stdout.rstrip("\n") if r.stdout else ""
-        if r.status != "ok" and r.status != "error":
-            text = r.error if not text else text + "\n" + r.error
-        code = "" if r.exit_code is None else str(r.exit_code)
-        rows.append((r.device_id, r.status, code, f"{r.duration_s:.2f}s", text.split("\n")))
+#: The table's columns: what an operator scans for, the full output is in ``--format json``.
+RESULT_HEADER = ("DEVICE", "STATUS", "EXIT", "DURATION", "STDOUT", "ERROR")
+#: Characters of output shown per row (its lines joined by ↵).
+STDOUT_WIDTH = 60
+
+_RESET = "\x1b[0m"
+_BOLD = "\x1b[1m"
+#: ANSI colours of a status cell (the terminal's palette, so they suit dark and light themes).
+_STATUS_SGR = {
+    "ok": "\x1b[32m",
+    "error": "\x1b[31m",
+    "timeout": "\x1b[33m",
+    "offline": "\x1b[2m",
+    "auth_failed": "\x1b[31;1m",
+    "disconnected": "\x1b[35m",
+    "cancelled": "\x1b[2m",
+}
+_STATUS_COLUMN = RESULT_HEADER.index("STATUS")
+
+
+def short_stdout(text: str, width: int = STDOUT_WIDTH) -> str:
+    """A device's output in one cell: ``binary output, N bytes``, or its lines joined by ↵, cut to ``width``."""
+    shown = output_text(text)
+    lines = [line.rstrip("\r") for line in shown.rstrip("\n").split("\n")]
+    joined = " ↵ ".join(lines)
+    return joined if len(joined) <= width else joined[: width - 1] + "…"
+
+
+def format_table(results: Results, *, colour: bool = False) -> str:
+    """A header and one row per device; ``colour`` for a terminal (header bold, status coloured).
+
+    Device output never reaches the terminal as it came: binary output is
+    summarised, control characters are escaped, colours stripped.
+    """
+    rows = [
+        (
+            r.device_id,
+            str(r.status),
+            "" if r.exit_code is None else str(r.exit_code),
+            f"{r.duration_s:.2f}s",
+            short_stdout(r.stdout or ""),
+            r.error or "",
+        )
+        for r in results
+    ]
     if not rows:
         return ""
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    indent = " " * (sum(widths) + 2 * 4)
-    out = []
-    for *cells, lines in rows:
-        head = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-        out.append(f"{head}  {lines[0]}".rstrip())
-        out.extend(f"{indent}{line}".rstrip() for line in lines[1:])
-    return "\n".join(out)
+
+    def style(row: int, column: int, cell: str) -> str:
+        if row == 0:
+            return f"{_BOLD}{cell}{_RESET}"
+        sgr = _STATUS_SGR.get(cell.strip()) if column == _STATUS_COLUMN else None
+        return f"{sgr}{cell}{_RESET}" if sgr else cell
+
+    return text_table(RESULT_HEADER, rows, style=style if colour else None)
+
+
+def use_colour(stream: TextIO) -> bool:
+    """Colour only for a person at a terminal: never into a pipe or a file, never with ``$NO_COLOR`` set."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -94,7 +141,12 @@ def run_command(args: argparse.Namespace, command: str) -> int:
                 # One run logs every device in once anyway: the pool-size warning is for repeated runs.
                 warnings.simplefilter("ignore", FleetSizeWarning)
                 outcome["results"] = await fleet.run(
-                    command, ids, timeout=args.timeout, concurrency=args.concurrency, on_result=progress.update
+                    command,
+                    ids,
+                    timeout=args.timeout,
+                    concurrency=args.concurrency,
+                    on_result=progress.update,
+                    ok_codes=args.ok_codes,
                 )
             except asyncio.CancelledError:
                 if fleet.last_results is not None:
@@ -125,11 +177,17 @@ def run_command(args: argparse.Namespace, command: str) -> int:
 
 
 def _print(results: Results, fmt: str, stream: TextIO) -> None:
+    """The rows in ``fmt``: JSON and CSV keep every device's text, with control characters escaped."""
     if fmt == "json":
-        stream.write(results.df.to_json(orient="records", date_format="iso", indent=1) + "\n")
+        # to_json escapes C0 controls and non-ASCII; DEL is the one control it leaves raw.
+        text = results.df.to_json(orient="records", date_format="iso", indent=1).replace("\x7f", "\\u007f")
+        stream.write(text + "\n")
     elif fmt == "csv":
-        stream.write(results.df.to_csv(index=False))
+        df = results.df.copy()
+        for column in ("command", "stdout", "error"):
+            df[column] = df[column].map(escape_controls)
+        stream.write(df.to_csv(index=False))
     else:
-        text = format_table(results)
+        text = format_table(results, colour=use_colour(stream))
         if text:
             stream.write(text + "\n")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -120,7 +122,7 @@ class PlatformAPI(PlatformBackend):
                 return await resp.json(content_type=None)
         except aiohttp.ClientConnectionError as exc:
             raise PlatformUnreachable(
-                f"cannot reach the platform at {self.base_url} ({exc}): check the URL, or start one with "
+                f"cannot reach the platform at {self.base_url} ({_reason(exc)}): check the URL, or start one with "
                 "`tunnelnb platform`"
             ) from None
         except TimeoutError:
@@ -215,6 +217,29 @@ class PlatformAPI(PlatformBackend):
 
     def secret_values(self) -> list[tuple[str, str]]:
         return [(self._token, "<api-token>")] if self._token else []
+
+
+def _reason(exc: aiohttp.ClientConnectionError) -> str:
+    """Why a connection failed, in the OS's plain words: ``connection refused``, ``name or service not known``.
+
+    aiohttp's own text repeats the address and adds its settings and errno
+    (``Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed …]``),
+    which says nothing more to someone who just typed the URL.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        detail = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        return f"its TLS certificate is not trusted: {detail}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        error = exc.os_error
+        return f"the TLS handshake failed: {getattr(error, 'reason', None) or error}"
+    errno = exc.errno if isinstance(exc, OSError) else None
+    if errno is not None and errno > 0:
+        text = os.strerror(errno)
+    elif isinstance(exc, aiohttp.ClientConnectorError) and exc.strerror:
+        text = exc.strerror  # a DNS failure: negative errno, but a plain strerror
+    else:
+        text = re.sub(r"\s*ssl:\S+|\[Errno -?\d+\]\s*", "", str(exc)).strip() or type(exc).__name__
+    return text[:1].lower() + text[1:]
 
 
 def _error_from(status: int, body: bytes) -> PlatformError:

@@ -46,5 +46,8 @@ async def raise_if_offline(api: PlatformBackend, device_id: str, cause: Platform
         if exc.status == 404:
             raise TunnelnbError(f"the platform has no device {device_id!r}: check the device id") from None
         return
-    if str(device.get("status", "")).upper() != "ONLINE":
-        raise DeviceOffline(f"device {device_id} is offline ({cause.error_msg})") from None
+    status = str(device.get("status", "")).upper()
+    if status != "ONLINE":
+        # Said once: the platform's refusal (``cause``) only repeats that the device is offline.
+        listed = "" if status in ("", "OFFLINE") else f" (the platform lists it as {status})"
+        raise DeviceOffline(f"device {device_id} is offline{listed}") from None

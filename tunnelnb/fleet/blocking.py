@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from .exitcodes import DEFAULT_OK_CODES
 from .fleet import Fleet, OutputCallback, ResultCallback
 from .results import Results
 from .runner import ThreadLoopRunner
@@ -60,10 +61,17 @@ class SyncFleet:
         concurrency: int | None = None,
         on_output: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
+        ok_codes: Iterable[int] = DEFAULT_OK_CODES,
     ) -> Results:
-        """Like :meth:`Fleet.run`; Ctrl-C cancels the run and returns its rows (``cancelled``)."""
+        """Like :meth:`Fleet.run` (``ok_codes`` too); Ctrl-C cancels the run and returns its rows (``cancelled``)."""
         run = self.fleet.run(
-            command, targets, timeout=timeout, concurrency=concurrency, on_output=on_output, on_result=on_result
+            command,
+            targets,
+            timeout=timeout,
+            concurrency=concurrency,
+            on_output=on_output,
+            on_result=on_result,
+            ok_codes=ok_codes,
         )
         try:
             return self._runner.run(run)

@@ -36,46 +36,29 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ParseError
+from .aligned import parse_table as _parse_table
+from .rows import LABEL_COLUMN, dedupe, excerpt, normalise
+from .typed import TYPED_FORMATS, TypedParser, typed_parser
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..client.result import CommandResult
 
-__all__ = ["FORMATS", "make_parser", "parse_output", "parse_results"]
+__all__ = ["FORMATS", "LABEL_COLUMN", "make_parser", "parse_output", "parse_results"]
 
 Row = dict[str, Any]
 Parser = Callable[[str], list[Row]]
 
-FORMATS = ("kv", "json", "csv", "table", "regex")
-LABEL_COLUMN = "label"
-"""Name of the unnamed first column of tables like ``free``'s (``Mem:``, ``Swap:``)."""
-
-
-def _normalise(text: str) -> str:
-    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _dedupe(names: Sequence[str]) -> list[str]:
-    """Unique column names, as pandas does it: ``a, a`` → ``a, a.1``."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        if name in seen:
-            seen[name] += 1
-            candidate = f"{name}.{seen[name]}"
-            while candidate in seen:
-                seen[name] += 1
-                candidate = f"{name}.{seen[name]}"
-            name = candidate
-        seen.setdefault(name, 0)
-        out.append(name)
-    return out
+GENERIC_FORMATS = ("kv", "json", "csv", "table", "regex")
+FORMATS = GENERIC_FORMATS + TYPED_FORMATS
+"""Every format: the generic ones (cells as printed), then the typed ones (:mod:`.typed`: numbers, bytes)."""
+# The helpers every format shares (tunnelnb.fleet.rows); the underscore names are this module's.
+_normalise, _dedupe, _excerpt = normalise, dedupe, excerpt
 
 
 # -- kv ---------------------------------------------------------------------------
@@ -88,6 +71,17 @@ def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
         return value[1:-1]
     return value
+
+
+def _looks_like_key(key: str) -> bool:
+    """Is this the key of a pair, not a sentence with a colon in it?
+
+    ``uptime``'s line has ``load average:`` in it, which would make the whole
+    start of the line one "key" (one column per device, named after its
+    output): keys are short, have no commas and at most a few words
+    (``Model name``, ``NUMA node0 CPU(s)``).
+    """
+    return bool(key) and "," not in key and len(key) <= 64 and len(key.split()) <= 5
 
 
 def _parse_kv(text: str, *, sep: str | None = None, unquote: bool = True) -> list[Row]:
@@ -106,20 +100,13 @@ def _parse_kv(text: str, *, sep: str | None = None, unquote: bool = True) -> lis
                 continue
             key, value = stripped[: match.start()], stripped[match.end() :]
         key, value = key.strip(), value.strip()
-        if not key:
+        if not _looks_like_key(key):
             continue
         row[key] = _unquote(value) if unquote else value
     if not row:
         shown = f"'key{sep}value'" if sep else "'key=value' or 'key: value'"
         raise ParseError(f"kv: no {shown} lines in the output{_excerpt(text)}")
     return [row]
-
-
-def _excerpt(text: str, limit: int = 40) -> str:
-    first = next((line.strip() for line in _normalise(text).split("\n") if line.strip()), "")
-    if not first:
-        return " (it is empty)"
-    return f" (it starts {first[:limit] + '…' if len(first) > limit else first!r})"
 
 
 # -- json -------------------------------------------------------------------------
@@ -191,138 +178,6 @@ def _parse_csv(text: str, *, sep: str = ",", columns: Sequence[str] | None = Non
     return rows
 
 
-# -- table ------------------------------------------------------------------------
-
-
-@dataclass
-class _Column:
-    name: str
-    start: int
-    end: int
-
-
-Span = tuple[int, int]
-
-
-def _spans(line: str) -> list[Span]:
-    return [(m.start(), m.end()) for m in re.finditer(r"\S+", line)]
-
-
-def _overlaps(span: Span, column: _Column | None) -> bool:
-    return column is not None and span[0] < column.end and column.start < span[1]
-
-
-def _join_direction(words: list[_Column], i: int, cells: list[Span]) -> int:
-    """-1 or +1 when header word ``i`` is part of its left or right neighbour's name, else 0.
-
-    A word can join a neighbour one space away only if no data cell lies under it
-    alone.  A cell under both it and a neighbour (a long mount point under
-    ``Mounted on``, a container id under ``CONTAINER ID``) decides; with no cell
-    under it at all, an all-upper-case word is a column that happens to be empty
-    (lsblk's ``MOUNTPOINTS``), and other words join the side whose cells come nearest
-    (``ss``'s right-aligned ``Local Address:Port``).
-    """
-    word = words[i]
-    left = words[i - 1] if i > 0 and word.start - words[i - 1].end == 1 else None
-    right = words[i + 1] if i + 1 < len(words) and words[i + 1].start - word.end == 1 else None
-    if left is None and right is None:
-        return 0
-    under = [cell for cell in cells if _overlaps(cell, word)]
-    if any(not _overlaps(cell, left) and not _overlaps(cell, right) for cell in under):
-        return 0
-    if under:
-        return -1 if any(_overlaps(cell, left) for cell in under) else 1
-    if word.name.isupper():
-        return 0
-    inf = float("inf")
-    left_gap = min((word.start - e for s, e in cells if left and left.start < e <= word.start), default=inf)
-    right_gap = min((s - word.end for s, e in cells if right and word.end <= s < right.end), default=inf)
-    if left is None or right_gap <= left_gap:
-        return 1
-    return -1
-
-
-def _merge_multiword_headers(columns: list[_Column], header: str, rows: list[list[Span]]) -> list[_Column]:
-    """Join header words that name one column, like df's ``Mounted on`` (see :func:`_join_direction`)."""
-    cells = [span for spans in rows for span in spans]
-    directions = [_join_direction(columns, i, cells) for i in range(len(columns))]
-    merged: list[_Column] = []
-    for i, word in enumerate(columns):
-        if merged and (directions[i] == -1 or directions[i - 1] == 1):
-            left = merged[-1]
-            merged[-1] = _Column(header[left.start : word.end], left.start, word.end)
-        else:
-            merged.append(word)
-    return merged
-
-
-def _column_for(span: Span, columns: list[_Column]) -> int:
-    """The column a cell belongs to: the header it lies under, else the one to its left."""
-    start, end = span
-    overlapping = [i for i, c in enumerate(columns) if start < c.end and c.start < end]
-    if len(overlapping) == 1:
-        return overlapping[0]
-    if overlapping:
-        # A cell under two headers: the one it is aligned with (left or right edge), else the bigger overlap.
-        aligned = [i for i in overlapping if columns[i].start == start or columns[i].end == end]
-        if aligned:
-            return aligned[0]
-        return max(overlapping, key=lambda i: (min(end, columns[i].end) - max(start, columns[i].start), -i))
-    # Under no header: the rest of a left-aligned value with spaces ("2 days ago"), so the column to its left.
-    return max((i for i, c in enumerate(columns) if c.start <= start), default=0)
-
-
-def _parse_table(text: str, *, columns: Sequence[str] | None = None, skip: int = 0) -> list[Row]:
-    """Read whitespace-aligned output, placing each cell under its header.
-
-    Cells are assigned by position, not by counting words, so right-aligned numbers
-    wider than their header (``ps``'s VSZ), values with spaces (``ps``'s COMMAND, the
-    last column, takes the rest of its line) and blank cells (``free``'s Swap row)
-    land in the right column.  A header indented past the first cells means an unnamed
-    first column (``free``'s ``Mem:``), named ``label`` with its colon dropped.
-    Missing cells are None.
-    """
-    lines = [line.expandtabs(8).rstrip() for line in _normalise(text).split("\n")][skip:]
-    lines = [line for line in lines if line.strip()]
-    if columns is not None:
-        names = _dedupe(columns)
-        rows = []
-        for line in lines:
-            words = line.split(None, len(names) - 1)
-            rows.append({name: words[i] if i < len(words) else None for i, name in enumerate(names)})
-        return rows
-    if not lines:
-        raise ParseError("table: the output is empty (no header line)")
-    header, body = lines[0], lines[1:]
-    row_spans = [_spans(line) for line in body]
-    cols = _merge_multiword_headers([_Column(header[s:e], s, e) for s, e in _spans(header)], header, row_spans)
-    if any(spans and spans[0][1] <= cols[0].start for spans in row_spans):
-        cols.insert(0, _Column(LABEL_COLUMN, 0, cols[0].start))
-        has_label = True
-    else:
-        has_label = False
-    names = _dedupe([c.name for c in cols])
-    last = len(cols) - 1
-    rows = []
-    for line, spans in zip(body, row_spans, strict=True):
-        cells: list[list[Span]] = [[] for _ in cols]
-        previous = 0
-        for span in spans:
-            index = max(_column_for(span, cols), previous)  # cells never go back left
-            if index == last:
-                cells[last] = [(span[0], len(line))]  # the last column takes the rest of the line
-                break
-            cells[index].append(span)
-            previous = index
-        row: Row = {}
-        for name, spans_in_cell in zip(names, cells, strict=True):
-            row[name] = line[spans_in_cell[0][0] : spans_in_cell[-1][1]].strip() if spans_in_cell else None
-        if has_label and isinstance(row[names[0]], str):
-            row[names[0]] = row[names[0]].removesuffix(":")
-        rows.append(row)
-    return rows
-
-
 # -- regex ------------------------------------------------------------------------
 
 
@@ -358,6 +213,9 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 
 def make_parser(fmt: str, **opts: Any) -> Parser:
     """A parser for one format, with its options checked once (not once per device)."""
+    typed = typed_parser(fmt, **opts)
+    if typed is not None:
+        return typed
     if fmt not in _OPTIONS:
         raise ParseError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
     unknown = sorted(set(opts) - set(_OPTIONS[fmt]))
@@ -412,18 +270,41 @@ def _numeric(column: pd.Series) -> pd.Series:
     return numbers.reindex(column.index)
 
 
+#: The columns every parsed table starts with (and ends with ``parse_error``): a device whose
+#: output was not parsed still has its row, saying why.
+LEADING_COLUMNS = ("device_id", "status", "error")
+
+
+def _typed_column(column: pd.Series) -> pd.Series:
+    """Python ints with gaps as nullable ``Int64`` and bools as ``boolean``, not floats and objects."""
+    import pandas as pd
+
+    present = column.dropna()
+    if column.dtype != object or present.empty:
+        return column
+    if all(isinstance(v, bool) for v in present):
+        return column.astype("boolean")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return column.astype("Int64") if len(present) < len(column) else column.astype("int64")
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return pd.to_numeric(column.astype(object), errors="coerce").astype("float64")
+    return column
+
+
 def parse_results(
     results: Iterable[CommandResult], fmt: str, *, include_failed: bool = False, **opts: Any
 ) -> pd.DataFrame:
-    """Parse every device's output into one long DataFrame.
+    """Parse every device's output into one long DataFrame; every result keeps at least one row.
 
-    Columns: ``device_id``, the parsed columns in the order first seen, ``parse_error``
-    (empty when the device's output parsed).  A device whose output does not parse gets
-    one row with ``parse_error`` set; a device whose output gives no rows (a regex with no
-    match, ``[]``) gets none.  Only results with status ``ok`` are parsed unless
-    ``include_failed=True`` (useful for ``grep``, which exits 1 when nothing matches).
-    Parsed keys named ``device_id`` or ``parse_error`` become ``device_id_parsed`` …;
-    columns whose cells are all numbers become numeric.  A bad format or option raises
+    Columns: ``device_id``, ``status``, ``error`` (the result's), the parsed columns in
+    the order first seen, ``parse_error`` (empty when the output parsed).  Only results
+    with status ``ok`` are parsed unless ``include_failed=True``; the others keep one
+    row with their status and error and empty parsed columns, so a table of "disks over
+    90 %" cannot look healthier by leaving out the devices that did not answer.  A device
+    whose output does not parse gets one row with ``parse_error`` set; one whose output
+    gives no rows (a regex with no match, ``[]``) one row with empty parsed columns.
+    Parsed keys named like the leading columns become ``device_id_parsed`` …; columns
+    whose cells are all numbers become numeric.  A bad format or option raises
     :class:`ParseError` at once.
     """
     import pandas as pd
@@ -431,29 +312,39 @@ def parse_results(
     from ..client.result import ResultStatus
 
     parser = make_parser(fmt, **opts)
-    reserved = ("device_id", "parse_error")
+    reserved = (*LEADING_COLUMNS, "parse_error")
     records: list[Row] = []
     for result in results:
+        base: Row = {"device_id": result.device_id, "status": result.status or "", "error": result.error or ""}
         if result.status != ResultStatus.OK and not include_failed:
+            records.append({**base, "parse_error": ""})
             continue
         try:
-            rows = parser(result.stdout or "")
+            if isinstance(parser, TypedParser):  # typed formats may need the command (free -m)
+                rows = parser(result.stdout or "", result.command or "")
+            else:
+                rows = parser(result.stdout or "")
         except ParseError as exc:
-            records.append({"device_id": result.device_id, "parse_error": str(exc)})
+            records.append({**base, "parse_error": str(exc)})
             continue
+        if not rows:
+            records.append({**base, "parse_error": ""})
         for row in rows:
-            record: Row = {"device_id": result.device_id}
+            record: Row = dict(base)
             for key, value in row.items():
                 name = str(key)
                 record[f"{name}_parsed" if name in reserved else name] = value
             record["parse_error"] = ""
             records.append(record)
-    if not records:
-        return pd.DataFrame({"device_id": pd.Series(dtype=str), "parse_error": pd.Series(dtype=str)})
-    columns = list(dict.fromkeys(key for record in records for key in record if key != "parse_error"))
+    columns = list(dict.fromkeys([*LEADING_COLUMNS, *(k for r in records for k in r if k != "parse_error")]))
     columns.append("parse_error")
-    frame = pd.DataFrame.from_records(records, columns=columns)
+    if not records:
+        return pd.DataFrame({name: pd.Series(dtype=str) for name in columns})
+    # Object columns first, so ints with gaps do not turn into floats before _typed_column sees them.
+    frame = pd.DataFrame({name: pd.Series([r.get(name) for r in records], dtype=object) for name in columns})
+    for name in LEADING_COLUMNS:
+        frame[name] = frame[name].astype(str)
     frame["parse_error"] = frame["parse_error"].fillna("").astype(str)
-    for name in columns[1:-1]:
-        frame[name] = _numeric(frame[name])
+    for name in columns[len(LEADING_COLUMNS) : -1]:
+        frame[name] = _typed_column(_numeric(frame[name]))
     return frame

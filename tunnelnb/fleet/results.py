@@ -19,8 +19,11 @@ import pandas as pd
 
 from ..client.result import CommandResult, ResultStatus
 from .parsers import parse_results
+from .text import one_line, results_table
 
-__all__ = ["COLUMNS", "OTHER_COLOUR", "STATUS_COLOURS", "STATUS_ORDER", "Results", "normalise_output"]
+__all__ = [
+    "COLUMNS", "OTHER_COLOUR", "STATUS_COLOURS", "STATUS_GROUPS", "STATUS_ORDER", "Results", "normalise_output"
+]
 
 COLUMNS = ("device_id", "command", "status", "exit_code", "stdout", "duration_s", "started_at", "error")
 """The columns of :attr:`Results.df`, in order.
@@ -41,6 +44,14 @@ STATUS_ORDER = (
     ResultStatus.AUTH_FAILED,
     ResultStatus.DISCONNECTED,
     ResultStatus.CANCELLED,
+)
+
+#: How the header groups the statuses: a non-zero exit is a command that ran and said no,
+#: which is a different fact from a device that never ran it (offline, wrong password).
+STATUS_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ran", (ResultStatus.OK, ResultStatus.ERROR)),
+    ("did not finish", (ResultStatus.TIMEOUT, ResultStatus.DISCONNECTED, ResultStatus.CANCELLED)),
+    ("did not run", (ResultStatus.OFFLINE, ResultStatus.AUTH_FAILED)),
 )
 
 #: Status cell colours of the notebook tables (results, dashboard): (background, text).
@@ -147,7 +158,7 @@ class Results:
 
     @property
     def ok(self) -> Results:
-        """The results whose command exited 0."""
+        """The results whose status is ``ok``: the command exited with one of the run's ``ok_codes`` (0 by default)."""
         return Results(r for r in self._results if r.status == ResultStatus.OK)
 
     @property
@@ -185,7 +196,8 @@ class Results:
         started = [r.started_at for r in rows]
         data = {
             "device_id": pd.Series([str(r.device_id) for r in rows], dtype=str),
-            "command": pd.Series([r.command or "" for r in rows], dtype=str),
+            # Without trailing whitespace: a %%tunnel cell's script ends with a newline that says nothing.
+            "command": pd.Series([(r.command or "").rstrip() for r in rows], dtype=str),
             "status": pd.Series([r.status or "" for r in rows], dtype=str),
             "exit_code": pd.array([r.exit_code for r in rows], dtype="Int64"),
             "stdout": pd.Series([r.stdout or "" for r in rows], dtype=str),
@@ -254,20 +266,46 @@ class Results:
     # -- display --------------------------------------------------------------
 
     def header(self) -> str:
-        """``12 devices · 10 ok · 1 error · 1 offline · 2.3 s``"""
+        """``12 devices · ran: 10 ok, 1 error (non-zero exit) · did not run: 1 offline · 2.3 s``
+
+        Counts grouped by :data:`STATUS_GROUPS`, so a command that ran and exited
+        non-zero is not mistaken for a device that never ran it.
+        """
+        counts = self.counts()
         parts = [_plural(len(self), "device")]
-        parts += [f"{n} {status}" for status, n in self.counts().items()]
+        grouped: set[str] = set()
+        for group, statuses in STATUS_GROUPS:
+            found = [(status, counts[status]) for status in statuses if status in counts]
+            grouped.update(statuses)
+            if found:
+                words = [
+                    f"{n} {status} (non-zero exit)" if status == ResultStatus.ERROR else f"{n} {status}"
+                    for status, n in found
+                ]
+                parts.append(f"{group}: {', '.join(words)}")
+        others = [f"{n} {status}" for status, n in counts.items() if status not in grouped]
+        if others:
+            parts.append(f"other: {', '.join(others)}")
         if self._results:
             parts.append(f"{self.wall_time_s:.1f} s")
         return " · ".join(parts)
 
     def _commands(self) -> list[str]:
-        return list(dict.fromkeys(r.command for r in self._results))
+        return list(dict.fromkeys((r.command or "").rstrip() for r in self._results))
 
     def __repr__(self) -> str:
+        """The header, then a text table: what a terminal shows (see :mod:`tunnelnb.fleet.text`)."""
         commands = self._commands()
-        what = f" of {commands[0]!r}" if len(commands) == 1 else ""
-        return f"<Results{what}: {self.header()}>\n{self.summary()}"
+        what = f" of {one_line(commands[0], 60)!r}" if len(commands) == 1 else ""
+        first = f"<Results{what}: {self.header()}>"
+        if not self._results:
+            return first
+        table = results_table(self._results, show_command=len(commands) > 1, max_rows=self.html_max_rows)
+        return "\n".join([first, *table])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Terminal IPython's display: the same text table as :meth:`__repr__`."""
+        printer.text("<Results …>" if cycle else repr(self))
 
     def to_html(self, *, max_chars: int | None = None, max_rows: int | None = None) -> str:
         """The notebook table: counts by status, then one row per result, everything escaped.
@@ -283,7 +321,7 @@ class Results:
         same_command = len(commands) == 1
         header = esc(self.header())
         if same_command:
-            header += f" · <code>{esc(commands[0])}</code>"
+            header += f" · <code>{esc(commands[0])}</code>"  # commands are stripped of trailing whitespace
         names = ["device_id", *([] if same_command else ["command"]), "status", "exit_code", "stdout", "duration_s"]
         names.append("error")
         out = [
@@ -297,7 +335,7 @@ class Results:
             background, colour = STATUS_COLOURS.get(result.status, OTHER_COLOUR)
             cells = [f"<td>{esc(str(result.device_id))}</td>"]
             if not same_command:
-                cells.append(f'<td style="text-align:left"><code>{esc(result.command or "")}</code></td>')
+                cells.append(f'<td style="text-align:left"><code>{esc((result.command or "").rstrip())}</code></td>')
             cells += [
                 f'<td class="tunnelnb-status tunnelnb-status-{esc(result.status)}" '
                 f'style="background:{background};color:{colour}">{esc(result.status)}</td>',

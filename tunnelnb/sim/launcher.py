@@ -7,6 +7,16 @@ files at its first login, enters its namespaces, mounts its ``/etc``, ``/proc``,
 and ``/data`` and ``chroot``\\ s into them, then execs ``/bin/sh``.  It runs in isolated
 mode without ``site`` (about 20 ms to start), so it imports the standard library only,
 and not even :mod:`typing` at run time.
+
+The shell gets a PID namespace of its own where the kernel allows one, with a
+fresh ``/proc``: a device's login sees its own processes only, not the host's,
+and cannot read the environment of the fleet's processes (the platform's API
+token, the devices' secrets).  The launcher forks into it: the child is the
+namespace's PID 1 and becomes the shell; the launcher stays outside, waits for it
+and exits as it does, so to the SSH server or the agent nothing changes.  Where
+the namespace cannot be made, or no ``/proc`` can be mounted in it (user
+namespaces under a ``/proc`` with parts masked, as in many containers), the
+shell sees the host's ``/proc`` as before.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import sys
 import time
 
@@ -26,7 +37,8 @@ if TYPE_CHECKING:  # no typing at run time: it costs a tenth of the start
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
 MS_PRIVATE, MS_RELATIME = 1 << 18, 1 << 21
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWUSER = 0x20000, 0x4000000, 0x10000000
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x4000000, 0x10000000, 0x20000000
+PR_SET_PDEATHSIG = 1
 LOOP_SET_FD, LOOP_CTL_GET_FREE = 0x4C00, 0x4C82
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -262,11 +274,15 @@ def sandbox(sbx: str, fleet: dict[str, Any], dev: dict[str, Any]) -> str:
     uid, gid = (fleet["uid"], fleet["gid"]) if drop else (0, 0)
     outer_uid, outer_gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | CLONE_NEWUTS | (CLONE_NEWUSER if mode == "userns" else 0)
-    _check(libc.unshare(flags), "unshare")
+    pidns = libc.unshare(flags | CLONE_NEWPID) == 0
+    if not pidns:  # no PID namespace here (a seccomp filter, a limit): the host's processes stay visible
+        _check(libc.unshare(flags), "unshare")
     if mode == "userns":
         write("/proc/self/setgroups", "deny")
         write("/proc/self/uid_map", f"0 {outer_uid} 1")
         write("/proc/self/gid_map", f"0 {outer_gid} 1")
+    if pidns:
+        become_pid1()  # from here on: the namespace's first process, which becomes the shell
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host
     for name in fleet["ro_binds"]:
         bind("/" + name, root + "/" + name, rec=True, ro=True)
@@ -276,7 +292,7 @@ def sandbox(sbx: str, fleet: dict[str, Any], dev: dict[str, Any]) -> str:
     bind(sbx + "/home", root + "/home")
     bind(sbx + "/tmp", root + "/tmp")
     bind("/dev", root + "/dev", rec=True)
-    bind("/proc", root + "/proc", rec=True)
+    mount_proc(root + "/proc", pidns)
     mount("tunnelnb-run", root + "/run", "tmpfs", MS_NOSUID | MS_NODEV, "size=256k,mode=755")
     os.mkdir(root + "/run/sim", 0o755)
     uptime = dev["uptime_s"] + max(0.0, time.time() - fleet["epoch"])
@@ -303,7 +319,49 @@ def sandbox(sbx: str, fleet: dict[str, Any], dev: dict[str, Any]) -> str:
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
+    if pidns:  # a change of user clears it: set it again (the shell dies with the launcher outside)
+        libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
     return home
+
+
+def mount_proc(target: str, pidns: bool) -> None:
+    """A fresh ``/proc`` of the device's PID namespace, else the host's (see the module's docstring)."""
+    if pidns:
+        try:
+            mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            return
+        except OSError:
+            pass
+    bind("/proc", target, rec=True)
+
+
+def become_pid1() -> None:
+    """Fork into the new PID namespace: the child returns, the parent waits for it and exits as it does.
+
+    The parent stays the session leader on the terminal; the shell shares its process
+    group until it takes one of its own, so the parent ignores what the terminal sends
+    that group (Ctrl-C, Ctrl-Z, Ctrl-backslash), and dies of a hang-up, taking the
+    namespace with it (the child's parent-death signal is SIGKILL).
+    """
+    ignored = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_IGN)
+    pid = os.fork()
+    if pid == 0:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_DFL)
+        libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        return
+    os.closerange(3, 1024)  # the device's lock, above all: the next login must not wait for this one
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        os._exit(1)
+    if os.WIFSIGNALED(status):
+        killer = os.WTERMSIG(status)
+        signal.signal(killer, signal.SIG_DFL)
+        os.kill(os.getpid(), killer)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def main() -> None:

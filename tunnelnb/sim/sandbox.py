@@ -24,8 +24,11 @@ fleet's user) to look around as the device.
   fleet's (``passwd``, ``group`` with the login user) over the host's ``/etc``, read-only;
 * ``/var``, ``/home``, ``/tmp``: the device's own directories, persistent; ``/home`` and
   ``/tmp`` are writable by the login user, ``/var/log`` (like a real device's) only by root;
-* ``/proc``: the host's, with ``/proc/uptime`` and ``/proc/loadavg`` replaced by the
-  profile's (files on a small tmpfs at ``/run``);
+* ``/proc``: the device's own, mounted fresh in a PID namespace of its own, so ``ps``
+  and ``/proc`` show the login's processes only (the shell is its PID 1) and no
+  environment of the host's processes is in reach; where no PID namespace or ``/proc``
+  mount is allowed (see :mod:`tunnelnb.sim.launcher`), the host's.  ``/proc/uptime`` and
+  ``/proc/loadavg`` are replaced by the profile's (files on a small tmpfs at ``/run``);
 * ``/sys``: the host's, read-only, with a tmpfs holding ``class/thermal/thermal_zone0``;
 * ``/data``: a real filesystem of the profile's size and usage (see below); the UTS
   namespace carries the device's host name.

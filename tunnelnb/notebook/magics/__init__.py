@@ -28,7 +28,8 @@ from ...errors import CassetteMismatch, TunnelnbError
 from ...fleet.fleet import Fleet
 from ...fleet.runner import KernelLoopRunner, LoopRunner
 from . import connect, inventory, login, record, run, shell, status
-from .parsing import HelpShown, parse
+from .parsing import HelpShown, did_you_mean, parse
+from .run import Interrupted, ok_codes
 
 __all__ = ["SUBCOMMANDS", "TunnelMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -55,7 +56,7 @@ Line magic::
   %tunnel connect                         $TUNNELNB_URL when set, else --embedded
   %tunnel devices [--refresh]             the inventory table
   %tunnel login TARGETS [--user U] [--password-env VAR]   (prompts when no variable is given)
-  %tunnel TARGETS [--timeout S] -- COMMAND    one command on the targets
+  %tunnel TARGETS [--timeout S] [--ok-codes 0,1] -- COMMAND    one command on the targets
   %tunnel shell DEVICE                    an interactive terminal (notebooks)
   %tunnel status                          the live fleet dashboard
   %tunnel history [--last N]              every run so far
@@ -118,6 +119,12 @@ class TunnelMagics(Magics):
     @argument("-o", "--out", metavar="VAR", help="store the Results object in this variable")
     @argument("--no-stream", action="store_true", help="do not show device output live")
     @argument("--raw", action="store_true", help="do not expand {expr} and $var in the cell")
+    @argument(
+        "--ok-codes",
+        type=ok_codes,
+        metavar="0,1",
+        help="exit codes that count as ok (e.g. grep's 1, no match; default: 0 only)",
+    )
     @line_cell_magic
     def tunnel(self, line: str, cell: str | None = None) -> Any:
         try:
@@ -128,6 +135,12 @@ class TunnelMagics(Magics):
             raise UsageError(str(exc)) from None
         except HelpShown:
             return None
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            # Any other Ctrl-C (a login, a prompt, a connect): one line, and still an
+            # error, so Run All stops.
+            raise Interrupted("interrupted") from None
 
     # The help shows the subcommands first, then the cell magic's options.
     tunnel.__doc__ = LINE_HELP + "\n" + (tunnel.__doc__ or "")
@@ -140,10 +153,21 @@ class TunnelMagics(Magics):
             raise UsageError("what should %tunnel do? Try %tunnel connect --embedded, or %tunnel? for help")
         sub, rest = words[0], line.strip()[len(words[0]) :]
         if sub not in SUBCOMMANDS:
-            raise UsageError(
-                f"unknown subcommand {sub!r}: use {', '.join(SUBCOMMANDS)}, or TARGETS -- COMMAND (see %tunnel?)"
-            )
+            raise UsageError(self._unknown_subcommand(sub, line))
         return SUBCOMMANDS[sub](self, rest)
+
+    def _unknown_subcommand(self, sub: str, line: str) -> str:
+        """What to say when ``%tunnel WORD …`` names no subcommand: the likely subcommand, or the missing ``--``."""
+        if self.fleet is not None:
+            fixed = run.missing_dashes(self.fleet, line)
+            if fixed is not None:
+                return fixed
+        # Only a word of letters can be a mistyped subcommand: "device-01" is a target, not "devices".
+        guess = did_you_mean(sub, SUBCOMMANDS) if sub.isalpha() else None
+        if guess is not None:
+            rest = line.strip()[len(sub) :]
+            return f"unknown subcommand {sub!r}: did you mean %tunnel {guess}{rest}?"
+        return f"unknown subcommand {sub!r}: use {', '.join(SUBCOMMANDS)}, or TARGETS -- COMMAND (see %tunnel?)"
 
     # -- what the subcommands share ----------------------------------------------
 

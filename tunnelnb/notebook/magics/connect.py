@@ -4,7 +4,8 @@
 :func:`tunnelnb.connect` (an embedded platform, a URL, Huawei Cloud, or a
 cassette) on a loop picked for this thread; :func:`disconnect` stops a
 recording, closes the fleet and its loop.  One connection at a time: a new
-``connect`` closes the old one.
+``connect`` replaces the old one once it has worked, and a failed one leaves the
+old one open (and says so).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
 from ...cassette import MODES, recording_of
+from ...errors import CassetteMismatch, PlatformError, TunnelnbError
 from ...fleet.fleet import Fleet
 from ...fleet.runner import LoopRunner, runner_for_this_thread
-from .parsing import parse, prompt, subcommand
+from .parsing import parse, plural, prompt, subcommand
+from .run import Interrupted
 from .status import close_dashboard
 
 if TYPE_CHECKING:
@@ -55,73 +58,44 @@ __all__ = ["close", "connect", "disconnect"]
 )
 def connect(magics: TunnelMagics, rest: str) -> None:
     """Connect to a platform, or start an embedded one with a simulated fleet."""
+    # The new connection is made first and replaces the old one only once it works: a
+    # mistyped URL or token must not cost the working connection and its logins.
     args = parse(rest, connect.parser)
-    import tunnelnb
+    try:
+        fleet, runner, where = _open(magics, args)
+    except (UsageError, TunnelnbError, CassetteMismatch) as exc:
+        raise UsageError(_still_open(magics, str(exc))) from None
+    except KeyboardInterrupt:
+        raise Interrupted(_still_open(magics, "connect interrupted")) from None
+    except Exception as exc:  # a bug: its traceback, and what it left as it was
+        if magics.fleet is not None:
+            exc.add_note(f"the connection to {magics.where} is still open")
+        raise
+    disconnect(magics, quiet=True)
+    _connected(magics, fleet, runner, where, args.out)
 
+
+def _still_open(magics: TunnelMagics, message: str) -> str:
+    """``message``, plus that the connection in use is still there, when there is one."""
+    if magics.fleet is None:
+        return message
+    return f"{message.rstrip('.')}; the connection to {magics.where} is still open"
+
+
+def _open(magics: TunnelMagics, args: argparse.Namespace) -> tuple[Fleet, LoopRunner, str]:
+    """A new fleet as ``args`` say, on a loop runner of its own, and how to name it; nothing is replaced yet."""
     if args.embedded and args.url:
         raise UsageError("connect takes a platform URL or --embedded, not both")
     cassette, mode = _cassette(args)
-    if cassette is not None and mode == "none":
-        disconnect(magics, quiet=True)
-        runner = runner_for_this_thread()
-        try:
-            fleet = runner.run(tunnelnb.connect(replay=cassette, concurrency=magics.concurrency))
-        except BaseException:
-            runner.close()
-            raise
-        api: Any = fleet.api
-        when = f"{api.recorded_at:%Y-%m-%d %H:%M} UTC"
-        _connected(magics, fleet, runner, f"cassette {cassette} (recorded {when} from {api.platform})", args.out)
-        return
-    replay: dict[str, Any] = {"replay": cassette, "mode": mode} if cassette is not None else {}
-    if not args.embedded and not args.url:
+    if (cassette is None or mode != "none") and not args.embedded and not args.url:
         # The notebook default: the platform in $TUNNELNB_URL (Binder, a real one), else an embedded one.
         args.url = os.environ.get("TUNNELNB_URL") or None
         args.embedded = args.url is None
         if args.url and (args.devices is not None or args.seed is not None):
             print("note: --devices and --seed are for an embedded fleet; connecting to $TUNNELNB_URL instead")
-    disconnect(magics, quiet=True)
     runner = runner_for_this_thread()
     try:
-        if args.embedded:
-            devices = magics.devices if args.devices is None else args.devices
-            seed = magics.seed if args.seed is None else args.seed
-            fleet = runner.run(
-                tunnelnb.connect(embedded=True, devices=devices, seed=seed, concurrency=magics.concurrency, **replay)
-            )
-            platform = fleet.embedded[0] if fleet.embedded else None
-            url = platform.base_url if platform is not None else fleet.api.base_url
-            where = f"embedded platform {url} with {devices} simulated devices (seed {seed})"
-        elif args.url == "huaweicloud":
-            if not (args.region or args.endpoint):
-                raise UsageError("connect huaweicloud needs --region R (or --endpoint URL of your instance)")
-            fleet = runner.run(
-                tunnelnb.connect(
-                    huaweicloud=args.region or True,
-                    project_id=args.project_id,
-                    instance_id=args.instance_id,
-                    endpoint=args.endpoint,
-                    concurrency=magics.concurrency,
-                    **replay,
-                )
-            )
-            where = f"Huawei Cloud IoTDA {fleet.api.base_url}, project {fleet.api.project_id}, access key ****"
-        else:
-            token = os.environ.get(args.api_token_env)
-            if not token:
-                token = prompt(f"API token for {args.url} (${args.api_token_env} is not set): ")
-            fleet = runner.run(
-                tunnelnb.connect(
-                    args.url,
-                    project_id=args.project_id,
-                    api_token=token,
-                    ca_bundle=args.ca_bundle,
-                    insecure=args.insecure,
-                    concurrency=magics.concurrency,
-                    **replay,
-                )
-            )
-            where = f"{args.url}, project {fleet.api.project_id}, token ****"
+        fleet, where = _fleet(magics, args, runner, cassette, mode)
     except BaseException:
         runner.close()
         raise
@@ -129,7 +103,68 @@ def connect(magics: TunnelMagics, rest: str) -> None:
         where += f", recording to {cassette}"
     elif mode == "new_episodes":
         where += f", replaying {cassette} (what it lacks runs live and is added to it)"
-    _connected(magics, fleet, runner, where, args.out)
+    return fleet, runner, where
+
+
+def _fleet(
+    magics: TunnelMagics, args: argparse.Namespace, runner: LoopRunner, cassette: str | None, mode: str | None
+) -> tuple[Fleet, str]:
+    import tunnelnb
+
+    if cassette is not None and mode == "none":
+        fleet = runner.run(tunnelnb.connect(replay=cassette, concurrency=magics.concurrency))
+        api: Any = fleet.api
+        return fleet, f"cassette {cassette} (recorded {api.recorded_at:%Y-%m-%d %H:%M} UTC from {api.platform})"
+    replay: dict[str, Any] = {"replay": cassette, "mode": mode} if cassette is not None else {}
+    if args.embedded:
+        devices = magics.devices if args.devices is None else args.devices
+        seed = magics.seed if args.seed is None else args.seed
+        fleet = runner.run(
+            tunnelnb.connect(embedded=True, devices=devices, seed=seed, concurrency=magics.concurrency, **replay)
+        )
+        platform = fleet.embedded[0] if fleet.embedded else None
+        url = platform.base_url if platform is not None else fleet.api.base_url
+        return fleet, f"embedded platform {url} with {plural(devices, 'simulated device')} (seed {seed})"
+    if args.url == "huaweicloud":
+        if not (args.region or args.endpoint):
+            raise UsageError("connect huaweicloud needs --region R (or --endpoint URL of your instance)")
+        fleet = runner.run(
+            tunnelnb.connect(
+                huaweicloud=args.region or True,
+                project_id=args.project_id,
+                instance_id=args.instance_id,
+                endpoint=args.endpoint,
+                concurrency=magics.concurrency,
+                **replay,
+            )
+        )
+        return fleet, f"Huawei Cloud IoTDA {fleet.api.base_url}, project {fleet.api.project_id}, access key ****"
+    variable = args.api_token_env
+    token = os.environ.get(variable)
+    typed = not token
+    if typed:
+        token = prompt(f"API token for {args.url} (${variable} is not set): ")
+    try:
+        fleet = runner.run(
+            tunnelnb.connect(
+                args.url,
+                project_id=args.project_id,
+                api_token=token,
+                ca_bundle=args.ca_bundle,
+                insecure=args.insecure,
+                concurrency=magics.concurrency,
+                **replay,
+            )
+        )
+    except PlatformError as exc:
+        if exc.status != 401:
+            raise
+        # The API's own hint names tunnelnb run's --api-token, which %tunnel connect does not have.
+        where = "the API token you typed" if typed else f"the API token in ${variable}"
+        raise UsageError(
+            f"{exc.error_msg} (HTTP 401, {exc.error_code}): check {where} (--api-token-env VAR reads another variable)"
+        ) from None
+    return fleet, f"{args.url}, project {fleet.api.project_id}, token ****"
 
 
 @subcommand("close")
@@ -147,7 +182,7 @@ def close(magics: TunnelMagics, rest: str) -> None:
     fleet = magics.need_fleet()
     ids = fleet.select(" ".join(args.targets))
     magics.call(fleet.close(ids))
-    print(f"closed {len(ids)} session(s)")
+    print(f"closed {plural(len(ids), 'session')}")
 
 
 def disconnect(magics: TunnelMagics, *, quiet: bool = False) -> None:
@@ -174,7 +209,7 @@ def _connected(magics: TunnelMagics, fleet: Fleet, runner: LoopRunner, where: st
     magics.fleet, magics.runner, magics.where = fleet, runner, where
     df = fleet.devices()
     online = int((df.status == "ONLINE").sum())
-    print(f"connected to {where}: {len(df)} devices, {online} online")
+    print(f"connected to {where}: {plural(len(df), 'device')}, {online} online")
     if out:
         magics.user_ns[out] = fleet
 

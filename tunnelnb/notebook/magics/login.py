@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import argument
 
 from ...client.backend import PASSWORD_PLACEHOLDER
 from ...fleet.results import Results
-from .parsing import parse, prompt, subcommand
+from .parsing import parse, plural, prompt, subcommand
 
 if TYPE_CHECKING:
     from . import TunnelMagics
@@ -44,7 +44,7 @@ def login(magics: TunnelMagics, rest: str) -> Results:
         elif replaying:
             kwargs["password"] = PASSWORD_PLACEHOLDER
         else:
-            kwargs["password"] = prompt(f"password for {kwargs['user']} on {len(ids)} device(s): ")
+            kwargs["password"] = prompt(f"password for {kwargs['user']} on {plural(len(ids), 'device')}: ")
     results = magics.call(fleet.login(ids, **kwargs))
     results.html_max_rows = magics.display_limit
     return results

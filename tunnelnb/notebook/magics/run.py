@@ -4,7 +4,7 @@ Both come to :func:`run`, which resolves the targets, shows device output live
 (:class:`~tunnelnb.fleet.progress.LiveOutput`) and progress (a widget in a
 notebook, text elsewhere) while :meth:`Fleet.run` goes, and returns the
 :class:`~tunnelnb.fleet.results.Results`.  Ctrl-C shows what finished, then
-interrupts the cell.
+interrupts the cell with one line (:class:`Interrupted`), not a traceback.
 """
 
 from __future__ import annotations
@@ -18,15 +18,45 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
+from ...errors import TunnelnbError
 from ...fleet.progress import LiveOutput, TextProgress
 from ...fleet.results import Results
 from ..progress import WidgetProgress
-from .parsing import expand, parse, subcommand, target_words
+from .parsing import expand, parse, plural, subcommand, target_words
 
 if TYPE_CHECKING:
+    from ...fleet.fleet import Fleet
     from . import TunnelMagics
 
-__all__ = ["run", "run_cell", "run_line"]
+__all__ = ["Interrupted", "missing_dashes", "ok_codes", "run", "run_cell", "run_line"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (Kernel → Interrupt) during a magic, shown as one line: ``interrupted: 4 rows cancelled``.
+
+    It stays a :class:`KeyboardInterrupt`, so the cell ends in error and a Run All
+    stops there; IPython shows what :meth:`_render_traceback_` returns instead of
+    a traceback, which here would only show tunnelnb's insides.  Its ``__name__``
+    is the builtin's, so a Jupyter reply still says ``ename: KeyboardInterrupt``
+    to front ends that look for it.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+Interrupted.__name__ = "KeyboardInterrupt"
+
+
+def ok_codes(text: str) -> tuple[int, ...]:
+    """``--ok-codes 0,1``: the exit codes that count as ``ok`` (grep's 1 means "no match", not a failure)."""
+    try:
+        codes = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        codes = ()
+    if not codes or not all(0 <= code <= 255 for code in codes):
+        raise argparse.ArgumentTypeError(f"give exit codes from 0 to 255 separated by commas, e.g. 0,1 (not {text!r})")
+    return codes
 
 
 @subcommand("TARGETS -- COMMAND")
@@ -38,6 +68,7 @@ __all__ = ["run", "run_cell", "run_line"]
 @argument("--include-failed", action="store_true")
 @argument("-o", "--out", metavar="VAR")
 @argument("--no-stream", action="store_true")
+@argument("--ok-codes", type=ok_codes, metavar="0,1")
 def run_line(magics: TunnelMagics, line: str) -> Any:
     """Run one command on the targets."""
     before, _, command = line.partition(" -- ") if " -- " in line else (line.rstrip("- "), "", "")
@@ -45,6 +76,36 @@ def run_line(magics: TunnelMagics, line: str) -> Any:
         raise UsageError("no command after --: %tunnel TARGETS -- COMMAND")
     args = parse(before, run_line.parser)
     return run(magics, args, shell_words(command))
+
+
+def missing_dashes(fleet: Fleet, line: str) -> str | None:
+    """``put -- before the command: %tunnel device-01 -- uptime``, when a line without ``--`` reads that way.
+
+    Without ``--`` the first word is a subcommand, so ``%tunnel device-01 uptime``
+    would only be "unknown subcommand".  When the line starts with targets this
+    says where the ``--`` goes (after the run's options); None when it does not.
+    """
+    words = line.split()
+    count = 0
+    while count < len(words) and not words[count].startswith("-") and _is_target(fleet, words[count]):
+        count += 1
+    if count == 0:
+        return None
+    end = count
+    while end < len(words) and words[end].startswith("-"):
+        action = run_line.parser._option_string_actions.get(words[end].split("=", 1)[0])
+        takes_value = action is not None and action.nargs != 0 and "=" not in words[end]
+        end += 2 if takes_value else 1
+    if end >= len(words):
+        return f"no command: %tunnel {' '.join(words)} -- COMMAND"
+    return f"put -- before the command: %tunnel {' '.join(words[:end])} -- {' '.join(words[end:])}"
+
+
+def _is_target(fleet: Fleet, word: str) -> bool:
+    try:
+        return bool(fleet.select(word))
+    except (TunnelnbError, ValueError):
+        return False
 
 
 def shell_words(text: str) -> str:
@@ -98,6 +159,9 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
             live.finish(row.device_id)
         progress.update(row)
 
+    # ok_codes only when given, so the magics need no newer Fleet.run than the option does.
+    options: dict[str, Any] = {"ok_codes": args.ok_codes} if args.ok_codes is not None else {}
+
     async def run_on_fleet() -> Results:
         shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None
         try:
@@ -108,6 +172,7 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
                 concurrency=concurrency,
                 on_output=live.write if live is not None else None,
                 on_result=on_result,
+                **options,
             )
         finally:
             if shower is not None:
@@ -119,7 +184,7 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
     except KeyboardInterrupt:
         interrupted = True
         if fleet.last_results is None:
-            raise
+            raise Interrupted("interrupted before any device started") from None
         results = fleet.last_results
     finally:
         if timer is not None:
@@ -134,10 +199,18 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
         from IPython.display import display
 
         display(results)
-        raise KeyboardInterrupt
+        raise Interrupted(_interrupted(results)) from None
     if args.parse:
-        options: dict[str, Any] = {"pattern": args.pattern} if args.pattern else {}
+        parse_options: dict[str, Any] = {"pattern": args.pattern} if args.pattern else {}
         if args.include_failed:
-            options["include_failed"] = True
-        return results.parse(args.parse, **options)
+            parse_options["include_failed"] = True
+        return results.parse(args.parse, **parse_options)
     return results
+
+
+def _interrupted(results: Results) -> str:
+    """``interrupted: 4 rows cancelled, 1 finished``: the line an interrupted run ends with."""
+    counts = results.counts()
+    cancelled = counts.get("cancelled", 0)
+    finished = sum(counts.values()) - cancelled
+    return f"interrupted: {plural(cancelled, 'row')} cancelled" + (f", {finished} finished" if finished else "")

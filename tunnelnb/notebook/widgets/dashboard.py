@@ -17,7 +17,7 @@ import pandas as pd
 
 from ...fleet.fleet import Fleet
 from ...fleet.results import OTHER_COLOUR, STATUS_COLOURS
-from .loop import Coalescer, call_on_loop, close_all, on_loop_thread, shorten
+from .loop import Coalescer, call_on_loop, close_all, fleet_loop, on_loop_thread, shorten
 
 __all__ = ["COALESCE_S", "FleetDashboard"]
 
@@ -28,6 +28,11 @@ COALESCE_S = 0.2
 
 _YES = ("#155724", "yes")
 _NO = ("#6c757d", "no")
+#: Header cells: padded and ruled, so the column names read as columns, not one run-on line
+#: (JupyterLab's table style leaves th without padding inside an HTML widget).
+TH_STYLE = (
+    "text-align:left;padding:2px 10px;border-bottom:1px solid #999;border-right:1px solid #ddd;white-space:nowrap"
+)
 
 
 class FleetDashboard(widgets.VBox):
@@ -37,21 +42,31 @@ class FleetDashboard(widgets.VBox):
     :data:`COALESCE_S`) and re-renders every ``refresh_s`` seconds as well, because
     a session can change state (a device leaves, a tunnel drops) without the fleet
     being told.  :meth:`close` stops both.
+
+    ``loop`` is the event loop the fleet's sessions run on; made in a notebook
+    cell, the dashboard finds it by itself (see :func:`.loop.fleet_loop`).
     """
 
-    def __init__(self, fleet: Fleet, *, loop: asyncio.AbstractEventLoop, refresh_s: float = 2.0, **kwargs: Any) -> None:
+    # True until __init__ has set things up: Widget.__del__ closes a half-made widget too, and
+    # then there is nothing of ours to stop.
+    _closed = True
+
+    def __init__(
+        self, fleet: Fleet, *, loop: asyncio.AbstractEventLoop | None = None, refresh_s: float = 2.0, **kwargs: Any
+    ) -> None:
         if refresh_s <= 0:
             raise ValueError("refresh_s must be positive")
+        loop = fleet_loop(loop)
         self.fleet = fleet
         self.loop = loop
         self.refresh_s = refresh_s
         initial = self.render_html() if on_loop_thread(loop) else '<div class="tunnelnb-dashboard">…</div>'
         self.html = widgets.HTML(value=initial, layout=widgets.Layout(width="100%"))
         super().__init__(children=[self.html], **kwargs)
-        self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._render_soon = Coalescer(loop, COALESCE_S, self._render)
         self._unwatch: Callable[[], None] | None = fleet.watch(self._on_change)
+        self._closed = False
         call_on_loop(loop, self._tick)
 
     def render_html(self) -> str:
@@ -72,7 +87,7 @@ class FleetDashboard(widgets.VBox):
             '<div class="tunnelnb-dashboard">',
             f'<div class="tunnelnb-header" style="margin:0 0 4px 0">{esc(header)}</div>',
             '<table class="dataframe tunnelnb-table"><thead><tr>',
-            *(f'<th style="text-align:left">{name}</th>' for name in names),
+            *(f'<th style="{TH_STYLE}">{name}</th>' for name in names),
             "</tr></thead><tbody>",
         ]
         for row in df.itertuples(index=False):

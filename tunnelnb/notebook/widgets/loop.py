@@ -14,7 +14,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-__all__ = ["Coalescer", "call_on_loop", "close_all", "on_loop_thread", "shorten"]
+__all__ = ["Coalescer", "call_on_loop", "close_all", "fleet_loop", "on_loop_thread", "shorten"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,26 @@ def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+def fleet_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    """The loop a widget hands work to: ``loop`` when given, else the loop running in this thread.
+
+    In a notebook the fleet lives on the kernel's own loop, which is running
+    while a cell runs, so a widget made in a cell finds it by itself; a fleet
+    whose loop runs in another thread (``connect_sync``, terminal IPython)
+    needs ``loop=`` (the magics pass theirs).  Raises TypeError, as a missing
+    argument would, with what to pass.
+    """
+    if loop is not None:
+        return loop
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise TypeError(
+            "no event loop is running in this thread: pass loop=, the loop the fleet's sessions run on "
+            "(a notebook cell has it; a fleet from connect_sync runs on a loop thread of its own)"
+        ) from None
 
 
 def call_on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:

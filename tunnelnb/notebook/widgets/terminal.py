@@ -23,7 +23,7 @@ from ...client.result import CommandResult, ResultStatus
 from ...client.session import DeviceSession
 from ...fleet.fleet import Fleet
 from ..ansi import DEFAULT_BACKGROUND, TerminalScreen
-from .loop import Coalescer, call_on_loop, close_all, shorten
+from .loop import Coalescer, call_on_loop, close_all, fleet_loop, shorten
 
 __all__ = ["HISTORY_SIZE", "TERMINAL_RENDER_S", "Terminal"]
 
@@ -54,18 +54,26 @@ class Terminal(widgets.VBox):
     with nothing running, it is typed into the device's open session.  Not a
     full-screen terminal: programs that wait for keyboard input (``vi``, ``top``
     without ``-b``) get no input and end at the timeout.
+
+    ``loop`` is the event loop the fleet's sessions run on; made in a notebook
+    cell, the terminal finds it by itself (see :func:`.loop.fleet_loop`).
     """
+
+    # False until __init__ has finished: Widget.__del__ closes a half-made widget too, and
+    # then there is nothing of ours to stop.
+    _constructed = False
 
     def __init__(
         self,
         fleet: Fleet,
         device_id: str,
         *,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None = None,
         timeout: float = 60.0,
         height: str = "360px",
         **kwargs: Any,
     ) -> None:
+        loop = fleet_loop(loop)
         self.fleet = fleet
         self.device_id = device_id
         self.loop = loop
@@ -103,6 +111,7 @@ class Terminal(widgets.VBox):
         self._interrupt_requested = False
         self._background: set[asyncio.Task[Any]] = set()
         self._render_soon = Coalescer(loop, TERMINAL_RENDER_S, self._render)
+        self._constructed = True
 
     @property
     def busy(self) -> bool:
@@ -146,7 +155,8 @@ class Terminal(widgets.VBox):
 
     def close(self) -> None:
         """Close the widget; a running command carries on until it ends or times out."""
-        self._render_soon.close()
+        if self._constructed:
+            self._render_soon.close()
         close_all(self)
         super().close()
 

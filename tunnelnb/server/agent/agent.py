@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl as ssl_module
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from ...protocol.devicelink import (
 )
 from ...protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, CloseCode, Frame, RequestIds, Status
 from .quirks import QUIRKS
-from .shells import reason
+from .shells import ShellAccount, reason, shell_account
 from .tunnel import WS_TIMEOUT, Tunnel
 
 __all__ = ["Agent"]
@@ -42,8 +43,17 @@ class Agent:
 
     Use as ``async with Agent(url, device_id, secret, ssh_port=22) as agent``.
     ``local_shell=(user, password)`` spawns a PTY shell (``shell``) directly
-    instead of logging in to an SSH server.  ``heartbeat`` is the WebSocket
+    instead of logging in to an SSH server.  ``shell_user`` names the account that
+    shell runs as: an agent running as root switches to it in the child before the
+    shell's exec, and refuses (:class:`~tunnelnb.errors.TunnelnbError`) an account
+    this machine does not have, since the alternative is a root shell that can read
+    the device secret; None (the simulated fleet, whose launcher drops privileges
+    itself) runs the shell as the agent's user.  ``heartbeat`` is the WebSocket
     ping interval (None: no pings).  See :mod:`tunnelnb.server.agent.quirks` for ``quirks``.
+
+    ``abandon_grace``: once the tunnel's WebSocket has dropped, how long the shell
+    waits to hear from the application again before its command is interrupted
+    (Ctrl-C) and its session ended (see :mod:`.tunnel`).
 
     ``mqtt_url`` (``mqtt://HOST[:PORT]`` or ``mqtts://…``) takes the tunnel
     notifications from an MQTT broker, as an IoTDA device does, instead of the
@@ -65,6 +75,8 @@ class Agent:
         quirks: str = "none",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         idle_timeout: float = 600.0,
+        abandon_grace: float = 10.0,
+        shell_user: str | None = None,
         heartbeat: float | None = 20.0,
         term_size: tuple[int, int] = (128, 30),
         reconnect_tries: int = 10,
@@ -80,6 +92,8 @@ class Agent:
             raise ValueError("shell must name a program")
         if max_message_bytes < 256:
             raise ValueError(f"max_message_bytes={max_message_bytes} leaves no room for output")
+        if abandon_grace < 0:
+            raise ValueError(f"abandon_grace must be at least 0 seconds, not {abandon_grace}")
         self.platform_url = (platform_url or "").rstrip("/")
         if not self.platform_url and mqtt_url is None:
             raise ValueError("give the platform's URL (device link) or an MQTT broker's (mqtt_url)")
@@ -96,6 +110,8 @@ class Agent:
         self.quirks = quirks
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        self.abandon_grace = abandon_grace
+        self.shell_account = _shell_account(shell_user) if local_shell is not None else None
         self.heartbeat = heartbeat
         self.term_size = term_size
         self.reconnect_tries = reconnect_tries
@@ -140,7 +156,12 @@ class Agent:
 
     def shell_target(self) -> str:
         """Where the shells run, for log messages."""
-        return "local shell" if self.local_shell is not None else f"SSH {self.ssh_host}:{self.ssh_port}"
+        if self.local_shell is None:
+            return f"SSH {self.ssh_host}:{self.ssh_port}"
+        account = self.shell_account
+        if account is not None and os.geteuid() == 0:
+            return f"local shell as user {account.name!r} (uid {account.uid})"
+        return f"local shell as uid {os.geteuid()}"
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -321,3 +342,18 @@ class Agent:
     def tunnel_done(self, tunnel: Tunnel) -> None:
         if self._tunnel is tunnel:
             self._tunnel = None
+
+
+def _shell_account(name: str | None) -> ShellAccount | None:
+    """The account a root agent's local shell switches to; refuses to start without one."""
+    if name is None:
+        return None
+    account = shell_account(name)
+    if account is None and os.geteuid() == 0:
+        raise TunnelnbError(
+            f"refusing to run the local shell as root: there is no account {name!r} on this machine to run it as "
+            "(create that user, or give --login-user an existing unprivileged account)"
+        )
+    if account is not None and account.uid == 0 and os.geteuid() == 0:
+        log.warning("the local shell of user %r runs as root: it can read the device secret", name)
+    return account

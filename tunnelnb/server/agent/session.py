@@ -58,6 +58,7 @@ class ShellSession:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.ended = False  # once set, this session sends no more frames
         self._cancelled = False
+        self._interrupted = False
         self.task = asyncio.create_task(self._run(), name=f"tunnelnb-agent-session-{self.connect_id}")
 
     @property
@@ -82,11 +83,29 @@ class ShellSession:
         else:
             self._pending.append(data)
 
-    def cancel(self) -> None:
-        """End the session without a report (replaced, disconnected, agent stopping).
+    def interrupt(self) -> bool:
+        """Type Ctrl-C, as a user at the terminal would: the foreground job gets SIGINT.
 
-        Cancels the task once only: a second cancel would interrupt its cleanup.
+        Sent before a session is closed, so a command that nobody reads any more
+        (``yes``, ``tail -f``) stops the way its user would stop it and may clean
+        up, rather than only by the hang-up that closing the terminal sends.
+        False if there is no shell to type into.
         """
+        if self.backend is None or self.ended:
+            return False
+        self._interrupted = True
+        self.backend.write(b"\x03")
+        return True
+
+    def cancel(self) -> None:
+        """End the session without a report (replaced, disconnected, abandoned, agent stopping).
+
+        Types Ctrl-C first (see :meth:`interrupt`); the task's cleanup then closes
+        the SSH channel or hangs up on the local shell's whole session.  Cancels the
+        task once only: a second cancel would interrupt its cleanup.
+        """
+        if not (self._cancelled or self._interrupted):
+            self.interrupt()
         self.ended = True
         if not self._cancelled:
             self._cancelled = True
@@ -142,7 +161,7 @@ class ShellSession:
                     Status.AUTH_FAILED,
                     f"SSH login refused for user {self.username!r} on the local shell: wrong user name or password",
                 )
-            return LocalBackend.open(agent.shell, self.username, agent.term_size, self.inbox)
+            return LocalBackend.open(agent.shell, self.username, agent.term_size, self.inbox, agent.shell_account)
         return await SSHBackend.open(
             agent.ssh_host, agent.ssh_port, self.username, self._password, agent.term_size, self.inbox
         )

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -19,8 +22,20 @@ import asyncssh
 
 from ...protocol.frames import Status
 from ..sshserver import PtyProcess
+from . import switchuser
 
-__all__ = ["Backend", "Inbox", "LocalBackend", "LoginFailed", "SSHBackend", "reason"]
+__all__ = [
+    "Backend",
+    "Inbox",
+    "LocalBackend",
+    "LoginFailed",
+    "SSHBackend",
+    "ShellAccount",
+    "local_shell_argv",
+    "reason",
+    "shell_account",
+    "shell_env",
+]
 
 #: Output read ahead of the tunnel before the shell is paused.
 _INBOX_HIGH_WATER = 512 * 1024
@@ -193,6 +208,63 @@ class SSHBackend:
             await asyncio.wait_for(self._conn.wait_closed(), 2)
 
 
+@dataclass(frozen=True)
+class ShellAccount:
+    """The local account a ``--local-shell`` runs as (from the password database)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def shell_account(name: str) -> ShellAccount | None:
+    """The account called ``name``, or None if this machine has none."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return ShellAccount(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/")
+
+
+def local_shell_argv(shell: Sequence[str], account: ShellAccount | None) -> list[str]:
+    """The command line of a local shell: ``shell`` itself, or behind :mod:`.switchuser` when root must switch.
+
+    The switch happens in the child between fork and the shell's exec (the PTY
+    process is spawned by :mod:`tunnelnb.server.sshserver`, which knows nothing of
+    users), so the agent never runs anything of the user's as root.
+    """
+    if account is None or os.geteuid() != 0 or account.uid == 0:
+        return list(shell)
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        switchuser.__file__,
+        account.name,
+        str(account.uid),
+        str(account.gid),
+        account.home,
+        "--",
+        *shell,
+    ]
+
+
+#: Variables of the agent's environment a shell may inherit; everything else (the device
+#: secret, the login password, API tokens, whatever the agent was started with) stays out.
+_INHERITED = ("PATH", "LANG", "TZ")
+
+
+def shell_env(shell: str, username: str, home: str) -> dict[str, str]:
+    """A local shell's environment: built from an allow-list, never copied from the agent's."""
+    env = {key: os.environ[key] for key in _INHERITED if key in os.environ}
+    env.update({key: value for key, value in os.environ.items() if key.startswith("LC_")})
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env.update({"HOME": home, "USER": username, "LOGNAME": username, "SHELL": shell, "TERM": "xterm"})
+    return env
+
+
 class LocalBackend:
     """A PTY shell spawned by the agent itself (``--local-shell``): no SSH server needed."""
 
@@ -200,22 +272,26 @@ class LocalBackend:
         self._proc = proc
 
     @classmethod
-    def open(cls, argv: Sequence[str], username: str, term_size: tuple[int, int], inbox: Inbox) -> LocalBackend:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/"),
-            "USER": username,
-            "LOGNAME": username,
-            "SHELL": argv[0],
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "TERM": "xterm",
-        }
+    def open(
+        cls,
+        shell: Sequence[str],
+        username: str,
+        term_size: tuple[int, int],
+        inbox: Inbox,
+        account: ShellAccount | None = None,
+    ) -> LocalBackend:
+        """Spawn ``shell`` on a PTY, as ``account`` if the agent is root (see :func:`local_shell_argv`)."""
+        argv = local_shell_argv(shell, account)
+        if account is not None and os.geteuid() == 0:
+            env = shell_env(shell[0], account.name, account.home)
+        else:  # not root: the shell is the agent's user, whatever the login was called
+            env = shell_env(shell[0], username, os.environ.get("HOME", "/"))
         try:
             proc = PtyProcess(
                 argv, cols=term_size[0], rows=term_size[1], env=env, on_data=inbox.feed, on_eof=inbox.feed_eof
             )
         except OSError as exc:
-            raise LoginFailed(Status.CHANNEL_FAILED, f"cannot start the shell {argv[0]}: {reason(exc)}") from None
+            raise LoginFailed(Status.CHANNEL_FAILED, f"cannot start the shell {shell[0]}: {reason(exc)}") from None
         inbox.pause = proc.pause_reading
         inbox.resume = proc.resume_reading
         return cls(proc)

@@ -4,6 +4,14 @@
 after drops (keeping output for the reconnect, up to a bound), answers pings
 and hands ``connect``/``command``/``disconnect`` frames to its
 :class:`~.session.ShellSession`.
+
+An abandoned shell is stopped, not fed into the void.  The application is gone
+when the platform says so (a ``disconnect`` frame: the session ends at once) or
+when the device's WebSocket drops, since the platform then tells the application
+"device left" and a client treats that shell as lost.  After a drop the tunnel
+waits ``abandon_grace`` seconds (reconnecting meanwhile) for any frame from the
+application; if none comes, it types Ctrl-C into the shell, waits a moment, and
+ends the session (closing the SSH channel, or hanging up on the local shell).
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ NO_RECONNECT_CODES = frozenset({1000, 1002, 4000})
 OFFLINE_BUFFER_BYTES = 1 << 20
 #: ws_connect's timeout (for the device link too): how long closing waits for the peer's close frame.
 WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
+#: Between the Ctrl-C typed into an abandoned shell and closing it: time for the job to
+#: handle SIGINT (and for the byte to reach an SSH server) before the hang-up.
+INTERRUPT_SECONDS = 0.3
 
 
 class Tunnel:
@@ -58,6 +69,7 @@ class Tunnel:
         self.latest_id = ""
         self.session: ShellSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._abandon: asyncio.TimerHandle | None = None  # armed while the application may be gone
         self.connects = 0
         self.task = asyncio.create_task(self._run(after), name="tunnelnb-agent-tunnel")
 
@@ -195,6 +207,42 @@ class Tunnel:
         finally:
             self.ws = None
             self._online.clear()
+            if not self.closing:
+                self._application_maybe_gone()
+
+    # -- an application that went away ---------------------------------------------
+
+    def _application_maybe_gone(self) -> None:
+        """The socket dropped: the platform told the application the device left; wait for it to come back."""
+        session = self.session
+        if session is None or session.ended or self._abandon is not None:
+            return
+        grace = self.agent.abandon_grace
+        log.info(
+            "tunnel connection lost with the shell of user %r open: ending it unless the application "
+            "is heard from within %g s",
+            session.username,
+            grace,
+        )
+        self._abandon = asyncio.get_running_loop().call_later(grace, self._abandoned, session)
+
+    def _application_back(self) -> None:
+        if self._abandon is not None:
+            self._abandon.cancel()
+            self._abandon = None
+            log.info("the application is back: keeping the shell")
+
+    def _abandoned(self, session: ShellSession) -> None:
+        self._abandon = None
+        if self.session is not session or session.ended:
+            return
+        log.warning(
+            "no word from the application for %g s since the tunnel connection was lost: "
+            "interrupting the shell of user %r (Ctrl-C) and ending its session",
+            self.agent.abandon_grace,
+            session.username,
+        )
+        self.spawn(self._end_session(abandoned=True))
 
     async def _on_message(self, data: str | bytes) -> None:
         if self.closing:
@@ -206,6 +254,8 @@ class Tunnel:
             return
         self.latest_id = frame.request_id
         op = frame.op
+        if op in (Op.CONNECT, Op.COMMAND):  # only the application sends these: it is there
+            self._application_back()
         if op is Op.CONNECT:
             if self.agent.quirks == "c-sdk":  # the C SDK answers before it even tries SSH
                 await self.send(Frame(Op.CONNECT_RESPONSE, frame.request_id, None))
@@ -225,10 +275,11 @@ class Tunnel:
             session.write(raw, frame.request_id)
         elif op is Op.DISCONNECT:
             status = frame.data.get("status_code") if isinstance(frame.data, dict) else None
-            log.info("the platform sent disconnect (status %s): ending the shell session", status)
+            log.info("the platform sent disconnect (status %s): interrupting and ending the shell session", status)
+            # The platform's word is final (and a client takes the shell as gone): no grace.
             # In the background: the platform's close frame follows at once and must be read
             # while the shell winds down, or the close times out and looks like a drop (1006).
-            self.spawn(self._end_session())
+            self.spawn(self._end_session(abandoned=True))
         elif op is Op.PING:
             await self.send(Frame(Op.PONG, frame.request_id, None))
         else:
@@ -239,15 +290,23 @@ class Tunnel:
             self.session = None
 
     @staticmethod
-    async def _cancel(session: ShellSession) -> None:
+    async def _cancel(session: ShellSession, *, abandoned: bool = False) -> None:
+        """End ``session`` (Ctrl-C, then close); ``abandoned``: give the Ctrl-C a moment first."""
+        if abandoned and session.interrupt():
+            session.ended = True  # nobody to tell: no "shell exited" report if the Ctrl-C ends the shell
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(session.task), INTERRUPT_SECONDS)
         session.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await session.task
 
-    async def _end_session(self) -> None:
+    async def _end_session(self, *, abandoned: bool = False) -> None:
+        if self._abandon is not None:
+            self._abandon.cancel()
+            self._abandon = None
         session, self.session = self.session, None
         if session is not None:
-            await self._cancel(session)
+            await self._cancel(session, abandoned=abandoned)
 
     async def close(self, goodbye: Frame | None = None) -> None:
         """End the session, optionally say ``goodbye``, close the socket with 1000; idempotent."""

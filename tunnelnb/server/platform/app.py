@@ -27,9 +27,12 @@ from ...protocol import signing
 from ...protocol.devicelink import LINK_PATH
 from ...protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, CloseCode, Frame
 from ..mqttbase import Presence
+from ..oslimits import raise_open_files_limit
+from . import logthrottle
 from .auth import Auth
 from .devices import DeviceRegistry
-from .http import error_middleware, stamp_request_id
+from .guard import ConnectionGuard, GuardedSite, GuardSettings
+from .http import MAX_BODY_BYTES, error_middleware, stamp_request_id
 from .model import Conn, Device, ErrorCode, Tunnel
 from .mqtt import PlatformMqtt
 from .relay import Relay
@@ -61,6 +64,15 @@ class Platform:
     as IoTDA does: a device that is ONLINE by MQTT presence (see :mod:`tunnelnb.server.mqtt`)
     gets its ``tunnel_notify`` published to ``$oc/devices/{device_id}/sys/events/down``
     with QoS 1; devices on a device link keep getting theirs over the link.
+
+    Connection hygiene (docs: issue 14; :mod:`.guard`): ``header_timeout`` is how long a
+    connection may take to be answered with a success (an authenticated call, a
+    WebSocket upgrade) before it is closed; ``idle_timeout``, how long an authenticated
+    keep-alive connection may idle (aiohttp's ``keepalive_timeout``: also the deadline
+    for each later request's headers).  At most ``max_pending_connections`` connections
+    may wait to authenticate at once, ``max_pending_per_address`` of them from one
+    address (the total is also kept under a quarter of the open-files limit); more are
+    refused with 503.  Request bodies are at most ``max_body_bytes`` (413 beyond).
     """
 
     def __init__(
@@ -81,6 +93,11 @@ class Platform:
         ssl_context: ssl.SSLContext | None = None,
         mqtt_url: str | None = None,
         mqtt_ssl: ssl.SSLContext | bool = True,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 75.0,
+        max_pending_connections: int = 1024,
+        max_pending_per_address: int = 256,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if max_message_bytes < 64:
             raise ValueError(f"max_message_bytes={max_message_bytes} is too small to carry a frame")
@@ -92,6 +109,17 @@ class Platform:
             raise ValueError("ak and sk go together: give both or neither")
         if signature_clock_skew < 0:
             raise ValueError("signature_clock_skew must not be negative")
+        if header_timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("header_timeout and idle_timeout must be positive")
+        if max_pending_connections < 1 or max_pending_per_address < 1 or max_body_bytes < 1024:
+            raise ValueError("the connection caps must be at least 1, max_body_bytes at least 1024")
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_pending_connections = max_pending_connections
+        self.max_pending_per_address = max_pending_per_address
+        self.max_body_bytes = max_body_bytes
+        #: The running platform's connection guard (None while stopped): counters for tests and benchmarks.
+        self.guard: ConnectionGuard | None = None
         self.project_id = project_id
         self.ssl_context = ssl_context  # https:// and wss:// when given (see tunnelnb.tls.server_ssl)
         self.api_token = api_token if api_token is not None else secrets.token_urlsafe(24)
@@ -208,8 +236,9 @@ class Platform:
 
     def build_app(self) -> web.Application:
         """The aiohttp application; :meth:`start` serves it, tests may mount it elsewhere."""
-        app = web.Application(middlewares=[error_middleware])
+        app = web.Application(middlewares=[error_middleware], client_max_size=self.max_body_bytes)
         app.on_response_prepare.append(stamp_request_id)
+        app.on_response_prepare.append(self._on_response_prepare)
         r = app.router
         # WebSocket routes first: their paths must never be taken for a project's.
         r.add_get("/v5/iot/tunnels/{tunnel_id}/source-connect", self._relay.source_connect)
@@ -222,13 +251,22 @@ class Platform:
         """Bind ``host:port`` (0 picks a free port) and set :attr:`base_url`."""
         if self._runner is not None:
             raise RuntimeError("the platform is already running")
-        runner = web.AppRunner(self.build_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        logthrottle.install()
+        guard = ConnectionGuard(self._guard_settings())
+        runner = web.AppRunner(
+            self.build_app(),
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            # aiohttp closes a connection without a complete request this long after it opened
+            # or after its last response; the guard times out the unauthenticated sooner.
+            keepalive_timeout=self.idle_timeout,
+        )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
+            await GuardedSite(runner, self.host, self.port, guard, ssl_context=self.ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
+        self.guard = guard
         self._runner = runner
         port = runner.addresses[0][1]
         host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
@@ -257,8 +295,30 @@ class Platform:
             await runner.cleanup()
         finally:
             self._runner = None
+            self.guard = None
             self._closing = False
         logger.info("platform stopped")
+
+    def _guard_settings(self) -> GuardSettings:
+        """The guard's limits: raise the open-files limit first, and keep pending connections under a quarter of it."""
+        limit = raise_open_files_limit()
+        cap = max(16, min(self.max_pending_connections, limit // 4))
+        logger.info(
+            "open-files limit %d: at most %d connections may wait to authenticate (%d per address), for %g s",
+            limit,
+            cap,
+            min(cap, self.max_pending_per_address),
+            self.header_timeout,
+        )
+        return GuardSettings(
+            max_pending=cap,
+            max_pending_per_address=min(cap, self.max_pending_per_address),
+            header_timeout=self.header_timeout,
+        )
+
+    async def _on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.guard is not None:
+            await self.guard.on_response(request, response)
 
     async def __aenter__(self) -> Platform:
         await self.start()

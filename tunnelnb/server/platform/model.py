@@ -64,6 +64,7 @@ class ErrorCode:
     TUNNEL_NOT_CLOSED = "IOTDA.019706"  # 400: only a closed tunnel can be deleted
     TUNNEL_TOKEN_EXPIRED = "IOTDA.019705"  # IoTDA, 401
     SHUTTING_DOWN = "IOTDA.000503"  # 503
+    TOO_MANY_CONNECTIONS = "IOTDA.000503"  # 503: too many connections waiting to authenticate (guard.py)
 
     @staticmethod
     def for_status(status: int) -> str:

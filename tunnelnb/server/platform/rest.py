@@ -78,8 +78,10 @@ class RestApi:
         if auth.get("auth_type", "SECRET") != "SECRET":
             raise bad_input("Only auth_info.auth_type SECRET is supported.")
         raw_tags = body.get("tags") or []
-        if not isinstance(raw_tags, list) or not all(isinstance(t, dict) for t in raw_tags):
-            raise bad_input('tags must be a list of {"tag_key", "tag_value"} objects.')
+        if not isinstance(raw_tags, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("tag_key"), str) for t in raw_tags
+        ):
+            raise bad_input('tags must be a list of {"tag_key", "tag_value"} objects with string keys.')
         info = self._registry.create(
             project_id,
             device_id=body.get("device_id"),

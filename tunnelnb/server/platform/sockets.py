@@ -19,7 +19,7 @@ from .model import bad_input
 if TYPE_CHECKING:
     from .app import Platform
 
-__all__ = ["Sockets", "close_reason"]
+__all__ = ["PlatformWebSocket", "Sockets", "close_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,24 @@ def close_reason(text: str) -> bytes:
     """``text`` as a close reason: UTF-8, cut to 123 bytes between characters."""
     raw = text.encode("utf-8", "replace")[:_MAX_CLOSE_REASON]
     return raw.decode("utf-8", "ignore").encode("utf-8")
+
+
+class PlatformWebSocket(web.WebSocketResponse):
+    """aiohttp's server WebSocket, without a heartbeat once it is closed.
+
+    aiohttp 3.14 re-arms the heartbeat timer whenever data arrives (the callback it
+    gives the connection), even after :meth:`close` cancelled it: the peer's answer
+    to our close frame re-arms it.  The timer then keeps the response, its request
+    and the connection's buffers alive for a heartbeat and a pong wait (30 s by
+    default) -- about 11 KiB for every WebSocket the platform closes first, which is
+    every refused one (1007, 1009).  Refusing thousands a minute grew memory without
+    bound; with this, a closed socket is freed when its handler returns.
+    """
+
+    def _reset_heartbeat(self) -> None:
+        if self.closed:
+            return
+        super()._reset_heartbeat()
 
 
 class Sockets:
@@ -60,7 +78,7 @@ class Sockets:
     def _new_ws(self) -> web.WebSocketResponse:
         # aiohttp's own limit sits well above ours, so oversize messages reach the relay,
         # which closes with a reason and tells the peer.
-        return web.WebSocketResponse(
+        return PlatformWebSocket(
             heartbeat=self._platform.heartbeat,
             max_msg_size=4 * self._platform.max_message_bytes + 1024,
             timeout=_WS_CLOSE_TIMEOUT,
