@@ -29,6 +29,21 @@ API_TOKEN = "test-api-token-" + secrets.token_hex(4)
 SSH_USER, SSH_PASSWORD = "ops", "ops-pass-" + secrets.token_hex(4)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_shell_account() -> None:
+    """``tunnelnb agent --local-shell --login-user ops`` started as root runs its shell as ``ops``.
+
+    The agent refuses to give a login a root shell, so the account must exist on the
+    machine (CI runs as root); a non-root run needs none: its shell is the runner's user.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam(SSH_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", SSH_USER], check=True, capture_output=True)
+
+
 @pytest.fixture
 async def platform() -> AsyncIterator[Platform]:
     async with Platform(api_token=API_TOKEN, heartbeat=None) as p:

@@ -100,7 +100,8 @@ async def test_tunnelnb_run_formats_and_exit_status(platform: Platform, small_si
         "run", "--platform", platform.base_url, "device-0[1-3]", "--", "cat /etc/hostname", env=env
     )
     assert code == 0, err
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
+    assert header.split()[:2] == ["DEVICE", "STATUS"]
     assert [line.split()[0] for line in lines] == ["device-01", "device-02", "device-03"]
     assert all(line.split()[1] == "ok" and line.split()[-1] == line.split()[0] for line in lines)
     assert "3 devices: 3 ok" in err

@@ -31,7 +31,7 @@ from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, TunnelnbError
 from .exitcodes import DEFAULT_OK_CODES, apply_ok_codes, check_ok_codes
-from .logins import Logins
+from .logins import Logins, keep_working_login
 from .partial import Partial, partial_row
 from .pool import SessionPool
 from .results import Results
@@ -374,7 +374,7 @@ class Fleet:
                     self._logins.worked(device_id, credentials)
                 except AuthFailed as exc:
                     if changed and was_working:
-                        return row(ResultStatus.AUTH_FAILED, await self._keep_working_login(session, exc))
+                        return row(ResultStatus.AUTH_FAILED, await keep_working_login(self._logins, session, exc))
                     return row(ResultStatus.AUTH_FAILED, str(exc))
                 except DeviceOffline as exc:
                     return row(ResultStatus.OFFLINE, str(exc))
@@ -400,21 +400,6 @@ class Fleet:
             return apply_ok_codes(result, ok_codes)
         finally:
             await self._pool.release(device_id)
-
-    async def _keep_working_login(self, session: DeviceSession, refused: AuthFailed) -> str:
-        """A new login was refused on a device that had a working one: log in with that again.
-
-        (The device ends its shell on every ``connect``, so the new login could not be
-        tried beside the working one.)  Returns the row's error.
-        """
-        working = self._logins.restore(session.device_id)
-        if working is None:
-            return str(refused)
-        try:
-            await session.login(*working)
-        except TunnelnbError as exc:
-            return f"{refused}; logging in again with the previous login failed too: {exc}"
-        return f"{refused}; the previous login works and stays in use (its shell is new: cd and variables were reset)"
 
     # -- the session pool -------------------------------------------------
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..client.backend import PASSWORD_PLACEHOLDER
+from ..client.session import DeviceSession
+from ..errors import AuthFailed, TunnelnbError
 
-__all__ = ["Logins"]
+__all__ = ["Logins", "keep_working_login"]
 
 
 class Logins:
@@ -57,3 +59,19 @@ class Logins:
         """``(password, "<password>")`` for every password held, for a recording to mask."""
         logins = [self.default, *self._per_device.values(), *self._working.values()]
         return [(login[1], PASSWORD_PLACEHOLDER) for login in logins if login]
+
+
+async def keep_working_login(logins: Logins, session: DeviceSession, refused: AuthFailed) -> str:
+    """A new login was refused on a device that had a working one: log in with that again.
+
+    (The device ends its shell on every ``connect``, so the new login could not be
+    tried beside the working one.)  Returns the row's error.
+    """
+    working = logins.restore(session.device_id)
+    if working is None:
+        return str(refused)
+    try:
+        await session.login(*working)
+    except TunnelnbError as exc:
+        return f"{refused}; logging in again with the previous login failed too: {exc}"
+    return f"{refused}; the previous login works and stays in use (its shell is new: cd and variables were reset)"
