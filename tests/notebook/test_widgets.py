@@ -530,3 +530,19 @@ async def test_picker_refresh_sees_a_device_go_offline(fleet: Fleet, platform, d
     await fleet.refresh()
     picker.refresh()
     assert picker.selector.options == ("device-04", "device-06")
+
+
+def test_widgets_find_the_loop_of_a_fleet_on_a_loop_thread():
+    """A fleet from connect_sync lives on a loop thread; widgets made elsewhere use that loop, unasked."""
+    import tunnelnb
+
+    sync = tunnelnb.connect_sync(embedded=True, devices=2, seed=3)
+    try:
+        dash = FleetDashboard(sync.fleet, refresh_s=30)
+        try:
+            assert dash.loop is sync.fleet.loop
+            assert dash.loop is not None and dash.loop.is_running()
+        finally:
+            dash.close()
+    finally:
+        sync.close()

@@ -79,6 +79,8 @@ class Fleet:
             raise ValueError("concurrency and max_sessions must be at least 1")
         self._api = api
         self.embedded = embedded
+        #: The event loop the fleet's sessions live on (known once it has read its inventory), for widgets.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.concurrency = concurrency
         self.join_timeout = join_timeout
         self._logins = Logins(login)
@@ -107,6 +109,7 @@ class Fleet:
 
     async def refresh(self) -> pd.DataFrame:
         """Read the inventory from the platform again."""
+        self.loop = asyncio.get_running_loop()
         self._inventory = await self.api.list_devices()
         self._changed(None)
         return self.devices()

@@ -56,7 +56,7 @@ class FleetDashboard(widgets.VBox):
     ) -> None:
         if refresh_s <= 0:
             raise ValueError("refresh_s must be positive")
-        loop = fleet_loop(loop)
+        loop = fleet_loop(loop, fleet)
         self.fleet = fleet
         self.loop = loop
         self.refresh_s = refresh_s

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
+
+if TYPE_CHECKING:
+    from ...fleet.fleet import Fleet
 
 __all__ = ["Coalescer", "call_on_loop", "close_all", "fleet_loop", "on_loop_thread", "shorten"]
 
@@ -27,17 +30,18 @@ def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def fleet_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-    """The loop a widget hands work to: ``loop`` when given, else the loop running in this thread.
+def fleet_loop(loop: asyncio.AbstractEventLoop | None, fleet: Fleet | None = None) -> asyncio.AbstractEventLoop:
+    """The loop a widget hands work to: ``loop`` when given, else the fleet's, else this thread's running one.
 
-    In a notebook the fleet lives on the kernel's own loop, which is running
-    while a cell runs, so a widget made in a cell finds it by itself; a fleet
-    whose loop runs in another thread (``connect_sync``, terminal IPython)
-    needs ``loop=`` (the magics pass theirs).  Raises TypeError, as a missing
-    argument would, with what to pass.
+    A fleet knows its loop once it has read its inventory (``tunnelnb.connect``
+    does that), whether it is the kernel's own loop or a loop thread of its own
+    (``connect_sync``, terminal IPython).  Raises TypeError, as a missing
+    argument would, with what to pass, when none is known.
     """
     if loop is not None:
         return loop
+    if fleet is not None and fleet.loop is not None and not fleet.loop.is_closed():
+        return fleet.loop
     try:
         return asyncio.get_running_loop()
     except RuntimeError:

@@ -73,7 +73,7 @@ class Terminal(widgets.VBox):
         height: str = "360px",
         **kwargs: Any,
     ) -> None:
-        loop = fleet_loop(loop)
+        loop = fleet_loop(loop, fleet)
         self.fleet = fleet
         self.device_id = device_id
         self.loop = loop
