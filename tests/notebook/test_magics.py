@@ -213,3 +213,16 @@ def test_close_all_then_not_connected(ip):
     assert shell.run_cell("%tunnel close --all").success
     result = shell.run_cell("%tunnel devices")
     assert isinstance(result.error_in_exec, UsageError) and "not connected" in str(result.error_in_exec)
+
+
+def test_status_and_devices_read_as_text_in_terminal_ipython(ip):
+    """Issue 15: no raw DataFrame (None, NaN, <NA>, 0.015496) in a terminal; other frames print as pandas does."""
+    run(ip, "%tunnel device-01 -- true")
+    for line, header in (("%tunnel status", "DEVICE"), ("%tunnel devices", "DEVICE")):
+        table = ip.run_cell(line).result
+        text = ip.display_formatter.format(table)[0]["text/plain"]
+        assert text.splitlines()[0].split()[0] == header
+        for noise in ("None", "NaN", "<NA>", "{'"):
+            assert noise not in text, (line, noise)
+    other = pd.DataFrame({"a": [1.5, None]})
+    assert ip.display_formatter.format(other)[0]["text/plain"] == repr(other)

@@ -26,6 +26,7 @@ __all__ = [
     "output_text",
     "status_table",
     "status_text",
+    "terminal_text",
     "text_table",
     "tunnel_state",
 ]
@@ -214,3 +215,13 @@ def devices_text(df: pd.DataFrame) -> str:
     if not rows:
         return "no devices"
     return text_table([h.upper() for h in DEVICES_TEXT_COLUMNS.values()], rows)
+
+
+def terminal_text(df: pd.DataFrame) -> str | None:
+    """A status or devices table (by its columns) as terminal text; None for any other frame."""
+    columns = list(df.columns)
+    if columns == STATUS_COLUMNS:
+        return status_text(df)
+    if columns == INVENTORY_COLUMNS:
+        return devices_text(df)
+    return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -27,6 +28,7 @@ from traitlets.config import Configurable
 from ...errors import CassetteMismatch, TunnelnbError
 from ...fleet.fleet import Fleet
 from ...fleet.runner import KernelLoopRunner, LoopRunner
+from ...fleet.tables import terminal_text
 from . import connect, inventory, login, record, run, shell, status
 from .parsing import HelpShown, did_you_mean, parse
 from .run import Interrupted, ok_codes
@@ -206,10 +208,19 @@ def load_ipython_extension(ipython: Any) -> None:
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)
     ipython._tunnelnb_magics = magics
+    if getattr(ipython, "kernel", None) is None:  # terminal IPython: tables as text, not raw DataFrames
+        ipython.display_formatter.formatters["text/plain"].for_type(pd.DataFrame, _plain_table)
+
+
+def _plain_table(df: pd.DataFrame, printer: Any, cycle: bool) -> None:
+    """The status and devices tables as a terminal reads them; any other frame as pandas prints it."""
+    text = terminal_text(df)
+    printer.text(text if text is not None else repr(df))
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext tunnelnb``: close the connection."""
+    ipython.display_formatter.formatters["text/plain"].type_printers.pop(pd.DataFrame, None)
     magics = getattr(ipython, "_tunnelnb_magics", None)
     if magics is not None:
         connect.disconnect(magics, quiet=True)

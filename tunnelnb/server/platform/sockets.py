@@ -2,11 +2,13 @@
 
 :class:`Sockets` accepts the upgrades (with the platform's heartbeat and size limit),
 keeps the set of open server-side WebSockets so shutdown can close the stragglers,
-and sends and closes without raising when the peer is already gone.
+and sends and closes without raising when the peer is already gone -- or, for a
+peer that stopped reading, without waiting on it for ever (:meth:`Sockets.close_or_abort`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING
@@ -61,6 +63,8 @@ class Sockets:
         self._platform = platform
         self.open: set[web.WebSocketResponse] = set()
         self.ids = RequestIds()
+        #: Each open socket's connection, so one whose peer stopped reading can be cut.
+        self._transports: dict[web.WebSocketResponse, asyncio.Transport] = {}
 
     async def upgrade(self, request: web.Request) -> web.WebSocketResponse:
         """Accept the request's WebSocket upgrade and track the socket; the caller must :meth:`forget` it."""
@@ -69,11 +73,14 @@ class Sockets:
             raise bad_input("This endpoint accepts only WebSocket upgrade requests.")
         await ws.prepare(request)
         self.open.add(ws)
+        if request.transport is not None:
+            self._transports[ws] = request.transport
         return ws
 
     def forget(self, ws: web.WebSocketResponse) -> None:
         """Stop tracking ``ws``: its handler is done with it."""
         self.open.discard(ws)
+        self._transports.pop(ws, None)
 
     def _new_ws(self) -> web.WebSocketResponse:
         # aiohttp's own limit sits well above ours, so oversize messages reach the relay,
@@ -104,3 +111,19 @@ class Sockets:
         """Close with ``code`` and ``reason`` (cut to fit), ignoring a peer that is already gone."""
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.close(code=code, message=close_reason(reason))
+
+    async def close_or_abort(self, ws: web.WebSocketResponse, code: int, reason: str, timeout: float) -> None:
+        """:meth:`close`, but cut the connection if that takes over ``timeout`` seconds.
+
+        A peer that stopped reading never takes the close frame (queued behind the data
+        it did not read) and never answers it; closing the transport would wait for that
+        data to drain just as long.  Aborting frees the socket now.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.close(ws, code, reason)
+        except TimeoutError:
+            logger.debug("close (%d) timed out after %g s: aborting the connection", code, timeout)
+            transport = self._transports.get(ws)
+            if transport is not None:
+                transport.abort()
