@@ -375,3 +375,29 @@ def test_summary_skips_lines_every_group_printed_alike():
     # Groups that differ on the first line are shown from it.
     res = Results([make("a", stdout="5.10\nx\n"), make("b", stdout="6.1\nx\n")])
     assert res.summary() == '1 device printed "5.10…", 1 printed "6.1…"'
+
+
+def test_html_keeps_output_lines_whole_says_binary_and_counts_rows_in_words():
+    """Issue 15: no wrapping inside values, binary output said not shown, "1 more row"."""
+    now = datetime.now(UTC)
+    rows = [
+        CommandResult("device-01", "cat conf", "ok", 0, "fw_version=1.8.2\n", 0.1, now),
+        CommandResult("device-02", "cat conf", "ok", 0, "\x00\x01\x02\x03garbage", 0.1, now),
+    ]
+    html = Results(rows).to_html(max_rows=1)
+    assert 'white-space:pre;overflow-x:auto' in html and "pre-wrap" not in html
+    assert "… 1 more row: see <code>.df</code>" in html
+    assert "binary output, 11 bytes" in Results(rows).to_html()
+    assert "\x00" not in Results(rows).to_html()
+
+
+def test_live_output_says_binary_lines_never_prints_them():
+    import io
+
+    from tunnelnb.fleet.progress import LiveOutput
+
+    stream = io.StringIO()
+    live = LiveOutput(stream, ["d1"], colour=False)
+    live.write("d1", "text\n\x00\x01\x02garbage\n")
+    live.close()
+    assert stream.getvalue() == "d1 │ text\nd1 │ [binary output, 10 bytes]\n"

@@ -12,6 +12,7 @@ import asyncio
 from typing import TextIO
 
 from ..client.result import CommandResult
+from .tables import byte_size, is_binary
 
 __all__ = ["LiveOutput", "ProgressCounts", "TextProgress"]
 
@@ -70,6 +71,8 @@ class LiveOutput:
         shown, self.dropped = lines[:room], self.dropped + max(len(lines) - room, 0)
         if not shown:
             return
+        # Binary output (``head -c 1000 /dev/urandom``) is said, never sent to the terminal as it is.
+        shown = [f"[binary output, {byte_size(line)} bytes]" if is_binary(line) else line for line in shown]
         label = device_id.ljust(self._width)
         if self._colour:
             label = f"{_LABEL_COLOUR}{label}{_RESET}"

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..client.result import CommandResult, ResultStatus
 from .parsers import parse_results
+from .tables import output_text
 from .text import one_line, results_table
 
 __all__ = [
@@ -340,15 +341,18 @@ class Results:
                 f'<td class="tunnelnb-status tunnelnb-status-{esc(result.status)}" '
                 f'style="background:{background};color:{colour}">{esc(result.status)}</td>',
                 f"<td>{'' if result.exit_code is None else result.exit_code}</td>",
-                '<td style="text-align:left"><pre style="margin:0;white-space:pre-wrap">'
-                f"{_truncated_html((result.stdout or '').rstrip(), max_chars)}</pre></td>",
+                # Output keeps its lines (no wrapping inside a value such as fw_version=1.8.2) and
+                # scrolls when wide; binary output is said, not shown as garbage.
+                '<td style="text-align:left"><pre style="margin:0;white-space:pre;overflow-x:auto;max-width:70ch">'
+                f"{_truncated_html(output_text((result.stdout or '').rstrip()), max_chars)}</pre></td>",
                 f"<td>{result.duration_s:.2f}</td>",
-                f'<td style="text-align:left">{_truncated_html(result.error or "", max_chars)}</td>',
+                '<td style="text-align:left;min-width:20ch;max-width:50ch">'
+                f"{_truncated_html(result.error or '', max_chars)}</td>",
             ]
             out.append("<tr>" + "".join(cells) + "</tr>")
         out.append("</tbody></table>")
         if len(self) > max_rows:
-            out.append(f"<div>… {len(self) - max_rows} more rows: see <code>.df</code></div>")
+            out.append(f"<div>… {_plural(len(self) - max_rows, 'more row')}: see <code>.df</code></div>")
         out.append("</div>")
         return "\n".join(out)
 

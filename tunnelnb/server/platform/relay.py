@@ -4,6 +4,13 @@
 slot to the newest connection, tells the application when both sides are there,
 relays every valid frame between them as the exact text received, and ends sides
 that break the rules -- always telling the peer why with a disconnect frame.
+
+Each side is read by its handler and written by a task of its own, through a bounded
+outbox (issue 14): a side that stops reading never stops the platform from reading
+the other, so a device keeps its pings answered and its WebSocket open while the
+application stalls.  A side whose outbox makes no progress for ``stall_timeout``
+seconds, or holds more than ``max_backlog_bytes``, is closed (1011) and its peer is
+told it is gone (disconnect 503), as when a side leaves.
 """
 
 from __future__ import annotations
@@ -11,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WebSocketError, WSMsgType, web
 
 from ...errors import PlatformError, ProtocolError
-from ...protocol.frames import CloseCode, Frame, Op, Status, decode_frame
+from ...protocol.frames import CloseCode, Frame, Op, Status, decode_frame, encode_frame
 from .auth import same_secret
 from .model import CLOSED, CONNECTED, DISCONNECTED, OPEN, Conn, ErrorCode, Side, Tunnel, open_tunnel_of
 from .sockets import Sockets
@@ -25,11 +33,19 @@ from .sockets import Sockets
 if TYPE_CHECKING:
     from .app import Platform
 
-__all__ = ["TUNNEL_TOKEN_HEADER", "Relay"]
+__all__ = ["DEFAULT_MAX_BACKLOG_BYTES", "DEFAULT_STALL_TIMEOUT", "TUNNEL_TOKEN_HEADER", "Relay"]
 
 logger = logging.getLogger(__name__)
 
 TUNNEL_TOKEN_HEADER = "tunnel_access_token"
+
+#: Seconds a side's outbox may go without sending anything before the side is closed.
+DEFAULT_STALL_TIMEOUT = 30.0
+#: Bytes of messages that may wait for one side before it is closed for falling behind.
+DEFAULT_MAX_BACKLOG_BYTES = 8 * 1024 * 1024
+
+#: Seconds the platform gives a side it ends to take its last messages and the close handshake.
+_END_GRACE = 5.0
 
 #: What a device may send to the application; anything else it sends is dropped.
 _DEVICE_TO_APP = frozenset({Op.CONNECT_RESPONSE, Op.COMMAND_RESPONSE, Op.DISCONNECT})
@@ -38,6 +54,101 @@ _DEVICE_TO_APP = frozenset({Op.CONNECT_RESPONSE, Op.COMMAND_RESPONSE, Op.DISCONN
 def _brief(text: str, limit: int = 200) -> str:
     """``text`` cut to ``limit`` characters: a peer's message must stay far below the size limit."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Outbox:
+    """One side's outgoing messages, sent in order by a task of its own.
+
+    :meth:`post` never waits, so whoever posts (the other side's reader, most of the
+    time) keeps reading.  ``on_slow`` is called once, with a reason, when the side
+    falls behind: a send has not completed within ``stall_timeout()`` seconds, or a
+    message would take the backlog over ``max_backlog()`` bytes.  The outbox stops
+    then, dropping what it holds.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        sockets: Sockets,
+        *,
+        stall_timeout: Callable[[], float | None],
+        max_backlog: Callable[[], int],
+        on_slow: Callable[[str], None],
+    ) -> None:
+        self._ws = ws
+        self._sockets = sockets
+        self._stall_timeout = stall_timeout
+        self._max_backlog = max_backlog
+        self._on_slow = on_slow
+        self._queue: deque[tuple[str, int]] = deque()
+        #: Bytes (UTF-8) of the messages waiting, the one being sent included.
+        self.backlog = 0
+        self._stopped = False
+        self._ready = asyncio.Event()  # messages are waiting
+        self._idle = asyncio.Event()  # nothing waits, nothing is being sent (or stopped)
+        self._idle.set()
+        self._task = asyncio.create_task(self._run())
+
+    def post(self, text: str) -> bool:
+        """Queue ``text`` for sending; False if the outbox has stopped, or stops now because the side fell behind."""
+        if self._stopped:
+            return False
+        size = len(text.encode("utf-8", "surrogatepass"))
+        limit = self._max_backlog()
+        if self._queue and self.backlog + size > limit:
+            self._slow(f"fell behind by more than {limit} bytes")
+            return False
+        self._queue.append((text, size))
+        self.backlog += size
+        self._idle.clear()
+        self._ready.set()
+        return True
+
+    async def flush(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds until everything posted is sent (or the outbox stopped)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+
+    def stop(self) -> None:
+        """Send nothing more: drop what waits, end the task."""
+        self._stopped = True
+        self._queue.clear()
+        self.backlog = 0
+        self._idle.set()
+        if asyncio.current_task() is not self._task:
+            self._task.cancel()
+
+    def _slow(self, reason: str) -> None:
+        if not self._stopped:
+            self.stop()
+            self._on_slow(reason)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                if not self._queue:
+                    self._ready.clear()
+                    self._idle.set()
+                    continue
+                text, size = self._queue[0]
+                timeout = self._stall_timeout()
+                try:
+                    async with asyncio.timeout(timeout):
+                        sent = await self._sockets.send(self._ws, text)
+                except TimeoutError:
+                    self._slow(f"stopped reading: nothing could be sent to it for {timeout:g} s")
+                    return
+                if not sent:  # closed or failed: nothing more will go out
+                    return
+                self._queue.popleft()
+                self.backlog -= size
+        finally:
+            self._stopped = True
+            self._queue.clear()
+            self.backlog = 0
+            self._idle.set()
 
 
 class Relay:
@@ -57,18 +168,38 @@ class Relay:
         sockets: Sockets,
         notify: Callable[[Tunnel], Awaitable[bool]],
         route: Callable[[Tunnel, Conn, Frame, str], Awaitable[None]] | None = None,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
     ) -> None:
         self._platform = platform
         self._tunnels = tunnels
         self._sockets = sockets
         self._notify = notify
         self._route = route if route is not None else self.route
-        #: Close handshakes of CloseDeviceTunnel, running in the background (shutdown awaits them).
+        #: Seconds a side may take nothing before it is closed (None: no limit); read live.
+        self.stall_timeout = stall_timeout
+        #: Bytes that may wait for a side before it is closed; read live.
+        self.max_backlog_bytes = max_backlog_bytes
+        #: Close handshakes of CloseDeviceTunnel and of sides too slow to keep,
+        #: running in the background (shutdown awaits them).
         self.handshakes: set[asyncio.Task[None]] = set()
+        self._outboxes: dict[Conn, _Outbox] = {}
 
     def expired(self, tunnel: Tunnel) -> bool:
         """Whether the tunnel's access tokens have expired."""
         return self._platform.clock() >= tunnel.create_time + self._platform.token_ttl
+
+    def backlog(self, tunnel_id: str, side: Side) -> int:
+        """Bytes waiting to be sent to the tunnel's ``side`` (0 when it is not connected)."""
+        tunnel = self._tunnels.get(tunnel_id)
+        conn = None if tunnel is None else tunnel.conns[side]
+        box = None if conn is None else self._outboxes.get(conn)
+        return 0 if box is None else box.backlog
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.handshakes.add(task)
+        task.add_done_callback(self.handshakes.discard)
 
     # ------------------------------------------------------------------
     # Closing tunnels and shutting down
@@ -81,11 +212,7 @@ class Relay:
         for conn in tunnel.conns.values():
             if conn is not None:
                 self.detach(tunnel, conn)
-                task = asyncio.create_task(
-                    self.dismiss(tunnel, conn, Status.TUNNEL_CLOSED, "tunnel closed", CloseCode.NORMAL)
-                )
-                self.handshakes.add(task)
-                task.add_done_callback(self.handshakes.discard)
+                self._background(self.dismiss(tunnel, conn, Status.TUNNEL_CLOSED, "tunnel closed", CloseCode.NORMAL))
 
     def goodbyes(self) -> list[Awaitable[Any]]:
         """For shutdown: a goodbye (disconnect, then close 1001) for every connected tunnel side."""
@@ -155,14 +282,25 @@ class Relay:
             tunnel.status, tunnel.closed_time = OPEN, None
             logger.info("tunnel %s of device %s reopened", tunnel.tunnel_id, tunnel.device_id)
         conn = Conn(ws, side)
+        self._outboxes[conn] = _Outbox(
+            ws,
+            self._sockets,
+            stall_timeout=lambda: self.stall_timeout,
+            max_backlog=lambda: self.max_backlog_bytes,
+            on_slow=lambda reason: self._background(self._drop_slow(tunnel, conn, reason)),
+        )
         try:
             await self._attach(tunnel, conn)
             await self._pump(tunnel, conn)
         finally:
             await self._detach_and_tell(tunnel, conn)
+            box = self._outboxes.pop(conn)
+            if not ws.closed:
+                await box.flush(_END_GRACE)
+            box.stop()
             if not ws.closed:
                 with contextlib.suppress(ConnectionResetError):
-                    await ws.close()
+                    await self._sockets.close_or_abort(ws, CloseCode.NORMAL, "", _END_GRACE + 1)
 
     # ------------------------------------------------------------------
     # A side's slot
@@ -176,10 +314,10 @@ class Relay:
         logger.info("tunnel %s: %s connected (device %s)", tunnel.tunnel_id, side.label, tunnel.device_id)
         if old is not None:
             logger.info("tunnel %s: the newer %s connection replaces the older one", tunnel.tunnel_id, side.label)
-            await self._sockets.close(old.ws, CloseCode.REPLACED, "replaced by a newer connection")
+            await self._end(old, CloseCode.REPLACED, "replaced by a newer connection")
         app, device = tunnel.conns[Side.SOURCE], tunnel.conns[Side.DEVICE]
         if app is not None and device is not None:
-            await self._sockets.send_frame(app.ws, Frame(Op.CONNECT_TUNNEL, self._sockets.ids.next(), None))
+            self._post_frame(app, Frame(Op.CONNECT_TUNNEL, self._sockets.ids.next(), None))
         elif side is Side.SOURCE:
             await self._notify(tunnel)  # the device may have missed or dropped the first notify
 
@@ -198,17 +336,48 @@ class Relay:
         peer = tunnel.conns[conn.side.peer]
         if peer is None:
             return
+        self._post_frame(peer, Frame.disconnect(self._sockets.ids.next(), Status.PEER_GONE, self._left(tunnel, conn)))
+
+    @staticmethod
+    def _left(tunnel: Tunnel, conn: Conn) -> str:
+        """What the peer of ``conn`` is told when ``conn`` leaves."""
         if conn.side is Side.DEVICE:
-            message = f"device {tunnel.device_id} left the tunnel"
-        else:
-            message = f"the application left tunnel {tunnel.tunnel_id}"
-        await self._sockets.send_frame(peer.ws, Frame.disconnect(self._sockets.ids.next(), Status.PEER_GONE, message))
+            return f"device {tunnel.device_id} left the tunnel"
+        return f"the application left tunnel {tunnel.tunnel_id}"
 
     async def dismiss(self, tunnel: Tunnel, conn: Conn, status: str, message: str, code: int) -> None:
         """The platform ends ``conn``: a disconnect frame saying why, then the close frame."""
         self.detach(tunnel, conn)
-        await self._sockets.send_frame(conn.ws, Frame.disconnect(self._sockets.ids.next(), status, message))
-        await self._sockets.close(conn.ws, code, message)
+        self._post_frame(conn, Frame.disconnect(self._sockets.ids.next(), status, message))
+        await self._end(conn, code, message)
+
+    async def _end(self, conn: Conn, code: int, reason: str) -> None:
+        """Close ``conn`` after what was posted to it, giving it :data:`_END_GRACE` seconds to take it all."""
+        box = self._outboxes.get(conn)
+        if box is not None:
+            await box.flush(_END_GRACE)
+            box.stop()
+        await self._sockets.close_or_abort(conn.ws, code, reason, _END_GRACE + 1)
+
+    async def _drop_slow(self, tunnel: Tunnel, conn: Conn, reason: str) -> None:
+        """End a side that stopped taking its messages, and tell its peer it is gone (503), as when a side leaves."""
+        logger.warning("tunnel %s: closing the %s side: %s", tunnel.tunnel_id, conn.side.label, reason)
+        if self.detach(tunnel, conn) and not self._platform.closing and tunnel.status == OPEN:
+            peer = tunnel.conns[conn.side.peer]
+            if peer is not None:
+                message = f"{self._left(tunnel, conn)}: it {reason}"
+                self._post_frame(peer, Frame.disconnect(self._sockets.ids.next(), Status.PEER_GONE, message))
+        # Its outbox has stopped; the close frame waits behind what it did not read, so allow a
+        # moment for it to resume, then cut the connection.
+        await self._sockets.close_or_abort(conn.ws, CloseCode.INTERNAL_ERROR, reason, _END_GRACE)
+
+    def _post(self, conn: Conn, text: str) -> bool:
+        """Queue ``text`` for ``conn`` (never waits); False if it is gone or being dropped."""
+        box = self._outboxes.get(conn)
+        return box is not None and box.post(text)
+
+    def _post_frame(self, conn: Conn, frame: Frame) -> bool:
+        return self._post(conn, encode_frame(frame))
 
     async def _refuse(self, tunnel: Tunnel, conn: Conn, code: int, reason: str, status: str, peer_message: str) -> None:
         """Close a side that sent something unacceptable, and tell its peer why the side is gone."""
@@ -216,8 +385,8 @@ class Relay:
         self.detach(tunnel, conn)
         peer = tunnel.conns[conn.side.peer]
         if peer is not None:
-            await self._sockets.send_frame(peer.ws, Frame.disconnect(self._sockets.ids.next(), status, peer_message))
-        await self._sockets.close(conn.ws, code, reason)
+            self._post_frame(peer, Frame.disconnect(self._sockets.ids.next(), status, peer_message))
+        await self._end(conn, code, reason)
 
     # ------------------------------------------------------------------
     # Relaying
@@ -288,7 +457,7 @@ class Relay:
     async def route(self, tunnel: Tunnel, conn: Conn, frame: Frame, text: str) -> None:
         """Handle one valid frame from ``conn``: answer a PING, else relay ``text`` to the peer if it may go there."""
         if frame.op is Op.PING:
-            await self._sockets.send_frame(conn.ws, Frame(Op.PONG, frame.request_id, None, frame.service_type))
+            self._post_frame(conn, Frame(Op.PONG, frame.request_id, None, frame.service_type))
             return
         if conn.side is Side.DEVICE and frame.op not in _DEVICE_TO_APP:
             logger.debug("tunnel %s: dropping a %s frame from the device", tunnel.tunnel_id, frame.op)
@@ -302,4 +471,4 @@ class Relay:
                 conn.side.peer.label,
             )
             return
-        await self._sockets.send(peer.ws, text)
+        self._post(peer, text)
