@@ -81,9 +81,7 @@ class Stalled:
     app: aiohttp.ClientWebSocketResponse
 
 
-async def _stalled_tunnel(
-    http: aiohttp.ClientSession, slow_http: aiohttp.ClientSession, platform: Platform
-) -> Stalled:
+async def _stalled_tunnel(http: aiohttp.ClientSession, slow_http: aiohttp.ClientSession, platform: Platform) -> Stalled:
     """A tunnel whose device side sees WebSocket pongs (autoping off) and whose application reads nothing."""
     platform.add_device("dev-1", SECRET)
     link_ws = await link(http, platform, "dev-1")

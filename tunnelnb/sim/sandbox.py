@@ -256,9 +256,12 @@ class FleetFiles:
             group = Path("/etc/group").read_text()
         except OSError:
             passwd, group = "root:x:0:0:root:/root:/bin/sh\n", "root:x:0:\n"
-        if user != "root" and not re.search(rf"^{re.escape(user)}:", passwd, re.M):
-            passwd += f"{user}:x:{uid}:{uid}:tunnelnb simulated device user:/home/{user}:/bin/sh\n"
-            group += f"{user}:x:{uid}:\n"
+        if user != "root":
+            # The device's login user is the fleet's, whatever account of that name the host has
+            # (a host user "ops" with another uid must not leave the device's uid nameless).
+            own = re.compile(rf"^{re.escape(user)}:.*\n?", re.M)
+            passwd = own.sub("", passwd) + f"{user}:x:{uid}:{uid}:tunnelnb simulated device user:/home/{user}:/bin/sh\n"
+            group = own.sub("", group) + f"{user}:x:{uid}:\n"
         (etc / "passwd").write_text(passwd)
         (etc / "group").write_text(group)
 
