@@ -48,7 +48,7 @@ def test_a_cell_runs_on_every_target_and_every_device_gets_a_row(ip, capsys):
     assert status == {f"device-0{i}": "ok" for i in range(1, 6)} | {"device-06": "offline"}
     assert res.df.set_index("device_id").loc["device-03", "stdout"] == "hello from device-03\n"
     out = capsys.readouterr().out
-    assert "device-02\x1b[0m │ hello from device-02" in out  # live output, labelled by device
+    assert "device-02 │ hello from device-02" in out  # live output, labelled by device (no colour in a pipe)
     assert "device-06" in res.to_html() and "offline" in res.to_html()
 
 
@@ -101,9 +101,10 @@ def test_parse_returns_the_long_table(ip):
 
 
 def test_one_liner_and_targets_by_tag(ip):
-    tags = ip.run_cell("%tunnel devices").result.tags
-    role = tags[0]["role"]
-    expected = sorted(d for d, t in zip(ip.user_ns["_"].device_id, tags, strict=True) if t.get("role") == role)
+    devices = ip.run_cell("%tunnel devices").result  # for people: device ids as the index, tags as text
+    tags = {device_id: dict(kv.split("=", 1) for kv in text.split()) for device_id, text in devices.tags.items()}
+    role = tags["device-01"]["role"]
+    expected = sorted(d for d, t in tags.items() if t.get("role") == role)
     res = run(ip, f"%tunnel @role={role} --no-stream -- echo $((6*7))").result
     assert sorted(res.df.device_id) == expected
     assert set(res.ok.df.stdout) == {"42\n"}
@@ -202,19 +203,6 @@ def test_subcommand_help_prints_and_does_not_exit(ip, capsys):
     assert "--embedded" in capsys.readouterr().out
 
 
-def test_close_all_then_not_connected(ip):
-    shell = ip
-    magics = shell._tunnelnb_magics
-    fleet = magics.fleet
-    assert fleet is not None
-    # Reconnecting replaces the connection (the old one is closed once the new one works).
-    assert shell.run_cell("%tunnel connect --embedded --devices 2 --seed 3").success
-    assert magics.fleet is not fleet and len(magics.fleet.devices()) == 2
-    assert shell.run_cell("%tunnel close --all").success
-    result = shell.run_cell("%tunnel devices")
-    assert isinstance(result.error_in_exec, UsageError) and "not connected" in str(result.error_in_exec)
-
-
 def test_status_and_devices_read_as_text_in_terminal_ipython(ip):
     """Issue 15: no raw DataFrame (None, NaN, <NA>, 0.015496) in a terminal; other frames print as pandas does."""
     run(ip, "%tunnel device-01 -- true")
@@ -226,3 +214,24 @@ def test_status_and_devices_read_as_text_in_terminal_ipython(ip):
             assert noise not in text, (line, noise)
     other = pd.DataFrame({"a": [1.5, None]})
     assert ip.display_formatter.format(other)[0]["text/plain"] == repr(other)
+
+
+
+def test_live_output_has_no_colour_codes_outside_a_terminal(ip, capsys):
+    """Issue 15: colour only on a terminal; pytest's captured stdout is not one."""
+    capsys.readouterr()
+    run(ip, "%tunnel device-0[1-2] -- echo plain")
+    out = capsys.readouterr().out
+    assert "│ plain" in out and "\x1b[" not in out
+
+def test_close_all_then_not_connected(ip):
+    shell = ip
+    magics = shell._tunnelnb_magics
+    fleet = magics.fleet
+    assert fleet is not None
+    # Reconnecting replaces the connection (the old one is closed once the new one works).
+    assert shell.run_cell("%tunnel connect --embedded --devices 2 --seed 3").success
+    assert magics.fleet is not fleet and len(magics.fleet.devices()) == 2
+    assert shell.run_cell("%tunnel close --all").success
+    result = shell.run_cell("%tunnel devices")
+    assert isinstance(result.error_in_exec, UsageError) and "not connected" in str(result.error_in_exec)

@@ -20,6 +20,7 @@ __all__ = [
     "INVENTORY_COLUMNS",
     "STATUS_COLUMNS",
     "devices_text",
+    "devices_view",
     "escape_controls",
     "inventory_table",
     "is_binary",
@@ -217,6 +218,11 @@ def devices_text(df: pd.DataFrame) -> str:
     return text_table([h.upper() for h in DEVICES_TEXT_COLUMNS.values()], rows)
 
 
+def devices_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The inventory for people: device ids as the index, tags as ``key=value`` text (not a cut-off dict)."""
+    return df.assign(tags=[cell_text(tags) for tags in df.tags]).set_index("device_id")
+
+
 def terminal_text(df: pd.DataFrame) -> str | None:
     """A status or devices table (by its columns) as terminal text; None for any other frame."""
     columns = list(df.columns)
@@ -224,4 +230,6 @@ def terminal_text(df: pd.DataFrame) -> str | None:
         return status_text(df)
     if columns == INVENTORY_COLUMNS:
         return devices_text(df)
+    if df.index.name == "device_id" and columns == INVENTORY_COLUMNS[1:]:
+        return devices_text(df.reset_index())
     return None

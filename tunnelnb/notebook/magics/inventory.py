@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic_arguments import argument
 
+from ...fleet.tables import devices_view
 from .parsing import parse, subcommand
 
 if TYPE_CHECKING:
@@ -17,12 +18,11 @@ __all__ = ["devices", "history"]
 @subcommand("devices")
 @argument("--refresh", action="store_true", help="read it from the platform again")
 def devices(magics: TunnelMagics, rest: str) -> Any:
-    """The inventory: one row per device."""
+    """The inventory: one row per device (``fleet.devices()`` has the tags as dicts)."""
     args = parse(rest, devices.parser)
     fleet = magics.need_fleet()
-    if args.refresh:
-        return magics.call(fleet.refresh())
-    return fleet.devices()
+    table = magics.call(fleet.refresh()) if args.refresh else fleet.devices()
+    return devices_view(table)
 
 
 @subcommand("history")

@@ -143,7 +143,9 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
         raise UsageError("--timeout must be positive and --concurrency at least 1")
     live = None
     if magics.stream and not args.no_stream:
-        live = LiveOutput(sys.stdout, ids, max_lines=magics.stream_max_lines)
+        # Colour in a notebook (it renders it) and on a terminal, never into a pipe or a file.
+        colour = magics.in_kernel() or sys.stdout.isatty()
+        live = LiveOutput(sys.stdout, ids, max_lines=magics.stream_max_lines, colour=colour)
     progress: WidgetProgress | TextProgress
     timer: Any
     loop = magics.event_loop()
