@@ -200,8 +200,8 @@ async def test_a_stalled_application_is_dropped_after_the_stall_limit_and_the_de
     http: aiohttp.ClientSession, slow_http: aiohttp.ClientSession, platform: Platform
 ) -> None:
     stall = 1.5
-    platform._relay.stall_timeout = stall
-    platform._relay.max_backlog_bytes = 256 * 1024 * 1024  # the time limit, not the budget, ends it here
+    platform.stall_timeout = stall
+    platform.max_backlog_bytes = 256 * 1024 * 1024  # the time limit, not the budget, ends it here
     t = await _stalled_tunnel(http, slow_http, platform)
 
     flood = await _flood_until_disconnect(platform, t)
@@ -239,8 +239,8 @@ async def test_an_application_too_far_behind_is_dropped_at_the_byte_budget(
     http: aiohttp.ClientSession, slow_http: aiohttp.ClientSession, platform: Platform
 ) -> None:
     budget = 512 * 1024
-    platform._relay.stall_timeout = 60.0  # the budget, not the time limit, ends it here
-    platform._relay.max_backlog_bytes = budget
+    platform.stall_timeout = 60.0  # the budget, not the time limit, ends it here
+    platform.max_backlog_bytes = budget
     t = await _stalled_tunnel(http, slow_http, platform)
 
     flood = await _flood_until_disconnect(platform, t)

@@ -35,7 +35,7 @@ from .guard import ConnectionGuard, GuardedSite, GuardSettings
 from .http import MAX_BODY_BYTES, error_middleware, stamp_request_id
 from .model import Conn, Device, ErrorCode, Tunnel
 from .mqtt import PlatformMqtt
-from .relay import Relay
+from .relay import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_STALL_TIMEOUT, Relay
 from .rest import RestApi
 from .sockets import Sockets
 
@@ -98,6 +98,8 @@ class Platform:
         max_pending_connections: int = 1024,
         max_pending_per_address: int = 256,
         max_body_bytes: int = MAX_BODY_BYTES,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
     ) -> None:
         if max_message_bytes < 64:
             raise ValueError(f"max_message_bytes={max_message_bytes} is too small to carry a frame")
@@ -118,6 +120,11 @@ class Platform:
         self.max_pending_connections = max_pending_connections
         self.max_pending_per_address = max_pending_per_address
         self.max_body_bytes = max_body_bytes
+        #: A tunnel side that takes nothing for this many seconds (None: no limit), or that this many
+        #: bytes wait for, is closed and its peer told: a stalled application never holds its device.
+        #: Both are read live.
+        self.stall_timeout = stall_timeout
+        self.max_backlog_bytes = max_backlog_bytes
         #: The running platform's connection guard (None while stopped): counters for tests and benchmarks.
         self.guard: ConnectionGuard | None = None
         self.project_id = project_id

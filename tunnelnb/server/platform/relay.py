@@ -168,18 +168,12 @@ class Relay:
         sockets: Sockets,
         notify: Callable[[Tunnel], Awaitable[bool]],
         route: Callable[[Tunnel, Conn, Frame, str], Awaitable[None]] | None = None,
-        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
-        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
     ) -> None:
         self._platform = platform
         self._tunnels = tunnels
         self._sockets = sockets
         self._notify = notify
         self._route = route if route is not None else self.route
-        #: Seconds a side may take nothing before it is closed (None: no limit); read live.
-        self.stall_timeout = stall_timeout
-        #: Bytes that may wait for a side before it is closed; read live.
-        self.max_backlog_bytes = max_backlog_bytes
         #: Close handshakes of CloseDeviceTunnel and of sides too slow to keep,
         #: running in the background (shutdown awaits them).
         self.handshakes: set[asyncio.Task[None]] = set()
@@ -285,8 +279,8 @@ class Relay:
         self._outboxes[conn] = _Outbox(
             ws,
             self._sockets,
-            stall_timeout=lambda: self.stall_timeout,
-            max_backlog=lambda: self.max_backlog_bytes,
+            stall_timeout=lambda: self._platform.stall_timeout,
+            max_backlog=lambda: self._platform.max_backlog_bytes,
             on_slow=lambda reason: self._background(self._drop_slow(tunnel, conn, reason)),
         )
         try:
