@@ -168,3 +168,22 @@ async def test_a_refused_new_login_keeps_the_working_one(fleet: Fleet):
     assert "definitely-wrong" not in res.df.error[0]
     after = await fleet.run("echo after", "device-01", timeout=10)
     assert (after.df.status[0], after.df.stdout[0]) == ("ok", "after\n")
+
+
+async def test_a_bug_on_one_device_costs_its_row_and_the_next_run_starts_afresh(fleet: Fleet, monkeypatch):
+    """fleet.run never raises because of one device; the others' rows are untouched."""
+    await fleet.run("true", "device-0[1-2]", timeout=10)
+    broken = fleet.session("device-01")
+    assert broken is not None
+
+    async def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(broken, "run", crash)
+    res = await fleet.run("echo hi", "device-0[1-2]", timeout=10)
+    assert list(res.df.status) == ["disconnected", "ok"]
+    assert res.df.error[0] == "tunnelnb failed on this device (RuntimeError: boom); the next run starts afresh"
+    assert res.df.stdout[1] == "hi\n"
+    assert fleet.session("device-01") is None  # closed: the next run opens a new one
+    again = await fleet.run("echo hi", "device-01", timeout=10)
+    assert (again.df.status[0], again.df.stdout[0]) == ("ok", "hi\n")

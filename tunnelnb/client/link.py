@@ -196,7 +196,12 @@ class TunnelLink:
         Otherwise the session connects afresh: the platform answers a new
         application connection with ``connect_tunnel`` when the device side is
         there (a device that sent ``disconnect`` but kept its WebSocket sends no
-        new join by itself).
+        new join by itself).  Huawei's "Exchanging Messages Through Secure Tunnel
+        Protocols" page (api-iothub iot_06_v5_1333) says only that the platform sends
+        ``connect_tunnel`` when the device is connected; that it does so for a new
+        application connection to a tunnel the device is already in is what
+        ``tunnelnb platform`` does (``server/platform/relay.py``), not verified against
+        the cloud.  Were it not so, the join wait below ends at the run's timeout.
         """
         device = await self.api.show_device(self.device_id)
         if str(device.get("status", "")).upper() != "ONLINE":
