@@ -68,7 +68,8 @@ class DeviceSide:
     def __init__(self, ws: web.WebSocketResponse, tunnel_id: str) -> None:
         self.ws = ws
         self.tunnel_id = tunnel_id
-        self.raw: list[str] = []
+        self.raw: list[str] = []  # each message received, its bytes decoded with surrogateescape
+        self.wire: list[bytes] = []  # each message received, as the bytes it was
         self.frames: asyncio.Queue[Frame] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
@@ -200,14 +201,15 @@ class FakePlatform:
         given = request.headers.get("tunnel_access_token", "")
         if expected is None or not hmac.compare_digest(given, expected):
             return web.json_response({"error_code": "IOTDA.019705", "error_msg": "bad tunnel token"}, status=401)
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(decode_text=False)  # as the platform: a C SDK's text need not be UTF-8
         await ws.prepare(request)
         side = DeviceSide(ws, tunnel_id)
         self.sides.put_nowait(side)
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
-                    side.raw.append(msg.data)
+                    side.wire.append(msg.data)
+                    side.raw.append(msg.data.decode("utf-8", "surrogateescape"))
                     side.frames.put_nowait(decode_frame(msg.data, max_bytes=None))
         finally:
             side.close_code = ws.close_code
@@ -412,8 +414,16 @@ async def test_idle_session_is_closed_with_408(fake_platform: FakePlatform, make
 # Quirks
 
 
+def _utf8(message: bytes) -> bool:
+    try:
+        message.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 async def test_c_sdk_quirk(fake_platform: FakePlatform, make_agent) -> None:
-    _, dev = await _tunnel(fake_platform, make_agent, quirks="c-sdk")
+    _, dev = await _tunnel(fake_platform, make_agent, quirks="c-sdk", stray_bytes=0)
     await dev.send(Frame.connect("c1", USER, PASSWORD))
     response = await dev.recv()
     assert response.op is Op.CONNECT_RESPONSE and response.request_id == "c1"
@@ -427,19 +437,39 @@ async def test_c_sdk_quirk(fake_platform: FakePlatform, make_agent) -> None:
     assert frames[-1].request_id == "p-latest"
     assert all(raw.startswith("{\n\t") for raw in dev.raw)
 
-    # Raw 2,048-byte chunks split UTF-8 characters; the client reassembles them.
+    # Raw 2,048-byte chunks split UTF-8 characters and travel as raw bytes (no \\udcXX escapes):
+    # text messages that are not valid UTF-8.  The client reassembles the characters.
     await dev.send(Frame.command("k2", "yes xé | head -n 3000 | tr -d '\\n'; echo; echo e''nd\n"))
     text, frames = await dev.output_until("end")
     assert "xé" * 3000 in text
-    assert any(re.search(r"\\udc[89ab][0-9a-f]", raw) for raw in dev.raw)  # a character was split
-    assert max(len(f.data.encode("utf-8", "surrogateescape")) for f in frames) <= 2048
+    assert any(not _utf8(wire) for wire in dev.wire)  # a character was split
+    assert not any(b"\\udc" in wire for wire in dev.wire)
+    assert max(len(f.data.encode("utf-8", "surrogateescape")) for f in frames) <= 2048  # stray_bytes=0
 
-    # A chunk whose JSON does not fit the C SDK's 2,304-byte buffer is silently lost:
+    # Today's C SDK prints each chunk into a buffer of its size: nothing is lost.
+    await dev.send(Frame.command("k3", "head -c 6000 /dev/zero | tr '\\0' '\\042'; sleep 0.3; echo; echo af''ter\n"))
+    text, frames = await dev.output_until("after")
+    assert text.count('"') == 6000
+
+
+async def test_c_sdk_1_1_quirk_drops_what_overflows_its_buffer(fake_platform: FakePlatform, make_agent) -> None:
+    _, dev = await _tunnel(fake_platform, make_agent, quirks="c-sdk-1.1")
+    await dev.send(Frame.connect("c1", USER, PASSWORD))
+    response = await dev.recv()
+    assert response.op is Op.CONNECT_RESPONSE and response.request_id == "c1"
+    assert "data" not in json.loads(dev.raw[0]) and dev.raw[0].startswith("{\n\t")
+    await dev.send(Frame.command("s1", "stty -echo; PS1=''\n"))
+    # Raw bytes too: a split character makes a message that is not valid UTF-8.
+    await dev.send(Frame.command("k2", "yes xé | head -n 3000 | tr -d '\\n'; echo; echo e''nd\n"))
+    text, _ = await dev.output_until("end")
+    assert "xé" * 3000 in text
+    assert any(not _utf8(wire) for wire in dev.wire)
+    # A chunk whose JSON does not fit v1.1's 2,304-byte buffer is silently lost:
     # 2,048 quotes escape to 4,096 bytes.
     await dev.send(Frame.command("k3", "head -c 6000 /dev/zero | tr '\\0' '\\042'; sleep 0.3; echo; echo af''ter\n"))
     text, frames = await dev.output_until("after")
     assert text.count('"') < 6000
-    assert all(len(raw.encode()) <= 2304 for raw in dev.raw)
+    assert all(len(wire) < 2304 for wire in dev.wire)  # its NUL makes the 2,304th byte
 
 
 def test_c_sdk_json_size_counts_like_cjson() -> None:

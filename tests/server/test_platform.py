@@ -663,23 +663,47 @@ async def test_device_may_only_send_responses_and_disconnect(http, platform):
 
 
 async def test_connect_tunnel_when_application_connects_first(http, platform):
+    platform.notify_grace = 0.5
     platform.add_device("d1", SECRET)
     link_ws = await link(http, platform, "d1")
     created = (await api(http, platform, "POST", "/tunnels", body={"device_id": "d1"})).body
     first_note = await next_notify(link_ws)
     app = await side(http, created["tunnel_uri"], created["tunnel_access_token"])
-    # No device side yet: the platform reminds the device instead of announcing the tunnel.
-    resent = await next_notify(link_ws)
-    assert resent.tunnel_uri == first_note.tunnel_uri
-    assert resent.tunnel_access_token == first_note.tunnel_access_token
+    # One notify per tunnel: the application connecting first sends no second one within the
+    # grace period (the C SDK reconnects on every notify, which would break a login under way).
+    await expect_silence(link_ws, 0.3)
     # Frames sent while the device is absent are dropped, not queued.
     await app.send_str(encode_frame(Frame.command("early", "lost\n")))
     await expect_silence(app, 0.1)
+    # The device has not joined within the grace period while the application waits: one reminder.
+    resent = await next_notify(link_ws)
+    assert resent.tunnel_uri == first_note.tunnel_uri
+    assert resent.tunnel_access_token == first_note.tunnel_access_token
     dev = await side(http, resent.tunnel_uri, resent.tunnel_access_token)
     announced = await recv_frame(app)
     assert announced.op is Op.CONNECT_TUNNEL and announced.data is None and announced.request_id
     t = Tunnel(created["tunnel_id"], "d1", created, resent, link_ws, app, dev)
     await assert_relays(t)  # the device's first frame is the check, not "early"
+    await expect_silence(link_ws, 0.7)  # joined: no more notifies
+
+
+async def test_a_dropped_device_side_is_notified_again_only_if_it_does_not_come_back(http, platform):
+    platform.notify_grace = 0.5
+    t = await open_tunnel(http, platform, "d1")
+    await t.dev.close()
+    await expect_disconnect(t.app, Status.PEER_GONE, "device d1 left the tunnel")
+    # Not at once: a C SDK device reconnects by itself, and a notify would make it reconnect again.
+    await expect_silence(t.link, 0.3)
+    again = await next_notify(t.link)  # it did not come back within the grace period
+    assert again.tunnel_uri == t.notify.tunnel_uri
+    dev = await side(http, again.tunnel_uri, again.tunnel_access_token)
+    assert (await recv_frame(t.app)).op is Op.CONNECT_TUNNEL
+    await dev.close()
+    await expect_disconnect(t.app, Status.PEER_GONE, "device d1 left the tunnel")
+    # This time it comes back by itself within the grace period: no notify.
+    dev = await side(http, again.tunnel_uri, again.tunnel_access_token)
+    assert (await recv_frame(t.app)).op is Op.CONNECT_TUNNEL
+    await expect_silence(t.link, 0.8)
 
 
 async def test_newer_connection_evicts_older_with_4000(http, platform):

@@ -84,12 +84,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate (chain included)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: in --tls-cert)")
     p.add_argument(
-        "--mqtt",
-        metavar="URL",
-        help="also notify devices through this MQTT broker, as IoTDA does: mqtt://[USER:PASSWORD@]HOST[:PORT] "
-        "or mqtts://… (pip install 'tunnelnb[mqtt]')",
+        "--mqtt-port",
+        type=int,
+        default=1883,
+        help="the platform's own MQTT broker, where devices log in as on IoTDA (default 1883; 0 picks a free one)",
     )
-    p.add_argument("--mqtt-ca-bundle", metavar="PEM", help="trust the mqtts broker's certificate from this CA bundle")
+    p.add_argument(
+        "--mqtts-port",
+        type=int,
+        default=8883,
+        help="its TLS listener, with --tls-cert (default 8883; 0 picks a free one)",
+    )
+    p.add_argument("--no-mqtt", action="store_true", help="run no MQTT broker (devices use device links only)")
+    p.add_argument(
+        "--notify-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="notify a device again only if it has not joined its tunnel within this time (default 5)",
+    )
     _add_log_level(p)
     p.add_argument("--access-log", action="store_true", help="log every HTTP request (aiohttp's access log) on stderr")
 
@@ -104,12 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mqtt-check-timestamp", action="store_true", help="client id sign type 1 (IoTDA also checks the time)"
     )
-    p.add_argument(
-        "--no-presence",
-        dest="mqtt_presence",
-        action="store_false",
-        help="publish no tunnelnb presence (for a real IoTDA broker, which knows who is online)",
-    )
+    # Accepted and ignored: the agent publishes no presence any more (brokers know who is connected).
+    p.add_argument("--no-presence", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--device-id", required=True)
     p.add_argument(
         "--device-secret",
@@ -128,9 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shell", default="/bin/sh", help="shell for --local-shell (default /bin/sh)")
     p.add_argument(
         "--quirks",
-        choices=["none", "c-sdk", "csharp-sdk"],
+        choices=["none", "c-sdk", "c-sdk-1.1", "csharp-sdk"],
         default="none",
-        help="behave like an official device SDK (for testing clients)",
+        help="behave like an official device SDK (for testing clients): c-sdk is the C SDK of today (raw "
+        "2,048-byte reads that may split characters, stray bytes after some full reads, a new connection on "
+        "every tunnel notify, disconnect 400 on every SSH failure), c-sdk-1.1 the C SDK up to v1.1.3 (drops "
+        "a chunk whose JSON overflows 2,304 bytes), csharp-sdk the C# SDK; $TUNNELNB_STRAY_BYTES="
+        "PROBABILITY[:SEED] sets how often c-sdk's stray bytes come (default 0.25)",
     )
     p.add_argument("--idle-timeout", type=float, default=600.0, help="close an idle SSH session after S seconds")
     p.add_argument(
@@ -160,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         "--misbehaving", type=float, default=0.1, help="share of devices that misbehave on purpose (default 0.1)"
     )
     p.add_argument("--backend", choices=["ssh", "local"], default="ssh", help="ssh: an SSH server per device")
-    p.add_argument("--quirks", choices=["none", "c-sdk", "csharp-sdk", "mixed"], default="none")
+    p.add_argument("--quirks", choices=["none", "c-sdk", "c-sdk-1.1", "csharp-sdk", "mixed"], default="none")
     _add_tls_client(p)
     _add_log_level(p)
 
@@ -325,8 +338,9 @@ def _platform(args: argparse.Namespace) -> int:
             token_ttl=args.token_ttl,
             ssl_context=_server_ssl(args),
             **_access_key(args),
-            mqtt_url=args.mqtt,
-            mqtt_ssl=_mqtt_ssl(args),
+            mqtt_port=None if args.no_mqtt else args.mqtt_port,
+            mqtts_port=None if args.no_mqtt or not args.tls_cert else args.mqtts_port,
+            notify_grace=args.notify_grace,
         )
     )
     return 0
@@ -383,12 +397,6 @@ def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     return server_ssl(args.tls_cert, args.tls_key)
 
 
-def _mqtt_ssl(args: argparse.Namespace) -> ssl.SSLContext | bool:
-    from ..tls import client_ssl
-
-    return client_ssl(args.mqtt_ca_bundle)
-
-
 def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | bool:
     from ..tls import client_ssl
 
@@ -422,7 +430,6 @@ def _agent(args: argparse.Namespace) -> int:
             ssl=_client_ssl(args),
             mqtt_url=args.mqtt,
             mqtt_check_timestamp=args.mqtt_check_timestamp,
-            mqtt_presence=args.mqtt_presence,
             **kwargs,
         )
     )

@@ -10,7 +10,8 @@ platform, the agent and the client share it and it is tested without sockets.
 Decoding is strict about what would make a frame meaningless (not JSON, not an
 object, unknown ``operation_type``, wrong field types, missing
 ``operation_type`` or ``request_id``) and lenient about what real devices send:
-the C SDK omits ``data`` and pretty-prints its JSON.
+the C SDK omits ``data``, pretty-prints its JSON and copies raw terminal bytes
+into it, so its messages need not be valid UTF-8.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "encoded_size",
+    "require_utf8",
 ]
 
 #: The platform's limit: at most 10 KB (10,240 bytes) per WebSocket message.
@@ -189,16 +191,23 @@ def encoded_size(frame: Frame) -> int:
 def decode_frame(message: str | bytes, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES) -> Frame:
     """Parse and validate one WebSocket message into a :class:`Frame`.
 
+    Bytes that are not valid UTF-8 are decoded with ``surrogateescape``, not
+    refused: the C SDK copies raw terminal bytes into its JSON text, so a
+    character split between two 2,048-byte reads makes a message that is not
+    valid UTF-8 (docs/architecture.md, "The platform").  Each such byte becomes
+    a lone surrogate ``\\udc80``-``\\udcff`` in the decoded strings, exactly as
+    a ``\\udcXX`` escape of :func:`encode_frame` does, and
+    :class:`~tunnelnb.protocol.shell.TerminalText` puts split characters back
+    together (and shows bytes that are no character as U+FFFD).  A caller that
+    must refuse such messages checks them first (:func:`require_utf8`).
+
     Raises :class:`ProtocolError` with one sentence naming the problem.
     """
     size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
     if max_bytes is not None and size > max_bytes:
         raise ProtocolError(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
     if isinstance(message, bytes):
-        try:
-            message = message.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        message = message.decode("utf-8", "surrogateescape")
     try:
         obj = json.loads(message)
     except json.JSONDecodeError as exc:
@@ -206,6 +215,14 @@ def decode_frame(message: str | bytes, *, max_bytes: int | None = DEFAULT_MAX_ME
     except RecursionError:
         raise ProtocolError("message is not JSON: nested too deeply") from None
     return frame_from_dict(obj)
+
+
+def require_utf8(message: bytes) -> None:
+    """Raise :class:`ProtocolError` unless ``message`` is valid UTF-8 (as a WebSocket text message must be)."""
+    try:
+        message.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def frame_from_dict(obj: Any) -> Frame:

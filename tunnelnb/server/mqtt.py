@@ -1,18 +1,17 @@
 """The device side of IoTDA's MQTT notifications: :class:`DeviceMqtt`, the agent's connection.
 
 It logs in to the broker with IoTDA's device credentials (:func:`device_credentials`),
-subscribes to its ``$oc/devices/{device_id}/sys/events/down`` topic, hands every
-``tunnel_notify`` to the agent, announces the device's presence (retained ``ONLINE``,
-an ``OFFLINE`` will) and reconnects with linear back-off.  The wire format, the
-presence pattern and the connection it builds on are in :mod:`tunnelnb.server.mqttbase`;
-the platform's side is :mod:`tunnelnb.server.platform.mqtt`.
+hands every ``tunnel_notify`` to the agent, and reconnects with linear back-off.  It
+subscribes to nothing, as the C SDK's demo: IoTDA's broker (and the local platform's,
+:mod:`tunnelnb.server.platform.broker`) subscribes each device to its own system topics
+at connect -- and subscribing too could deliver each notify twice over overlapping
+subscriptions.  The wire format and the connection it builds on are in
+:mod:`tunnelnb.server.mqttbase`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import secrets
 import ssl as ssl_module
 from collections.abc import Callable
 from datetime import datetime
@@ -20,18 +19,7 @@ from typing import Any
 
 from ..errors import ProtocolError
 from ..protocol.devicelink import TunnelNotify, device_password, link_timestamp, parse_event
-from .mqttbase import (
-    CONNECT_TIMEOUT,
-    KEEPALIVE,
-    PUBLISH_TIMEOUT,
-    MqttConnection,
-    MqttCredentials,
-    client_id,
-    events_down_topic,
-    parse_presence,
-    presence_message,
-    presence_topic,
-)
+from .mqttbase import CONNECT_TIMEOUT, KEEPALIVE, MqttConnection, MqttCredentials, client_id, events_down_topic
 
 __all__ = ["DeviceMqtt", "device_credentials"]
 
@@ -53,7 +41,6 @@ class DeviceMqtt(MqttConnection):
 
     ``on_notify`` gets each ``tunnel_notify`` (the agent's notify handling);
     ``on_connected`` is told when the connection comes up or goes down.
-    ``presence=False`` for a real IoTDA broker, which knows who is online.
     """
 
     def __init__(
@@ -65,7 +52,6 @@ class DeviceMqtt(MqttConnection):
         on_notify: Callable[[TunnelNotify], None],
         on_connected: Callable[[bool], None] = lambda up: None,
         check_timestamp: bool = False,
-        presence: bool = True,
         ssl: ssl_module.SSLContext | bool = True,
         reconnect_step: float = 1.0,
         keepalive: int = KEEPALIVE,
@@ -77,70 +63,34 @@ class DeviceMqtt(MqttConnection):
         self.who = f"device {device_id}"
         self._secret = secret
         self.check_timestamp = check_timestamp
-        self.presence = presence
         self._on_notify = on_notify
         self.events_topic = events_down_topic(device_id)
-        self.presence_topic = presence_topic(device_id)
-        self._session = ""
-        self._credentials: MqttCredentials | None = None
 
     def _new_client(self) -> Any:
-        mqtt = self._mqtt
         # Fresh for every connection: the client id and password name the current hour.
         creds = device_credentials(self.device_id, self._secret, check_timestamp=self.check_timestamp)
-        self._credentials = creds
-        self._session = secrets.token_hex(8)
-        will = None
-        if self.presence:
-            will = mqtt.Will(self.presence_topic, presence_message(False, self._session, creds), qos=1, retain=True)
-        return mqtt.Client(
+        return self._mqtt.Client(
             self.endpoint.host,
             self.endpoint.port,
             username=creds.username,
             password=creds.password,
             identifier=creds.client_id,
             clean_session=True,  # as the device SDKs: nothing is queued while the device is away
-            will=will,
             keepalive=self.keepalive,
             timeout=CONNECT_TIMEOUT,
             tls_context=self._tls,
         )
 
-    async def _on_connect(self, client: Any) -> None:
-        await self._subscribe(client, self.events_topic)
-        if self.presence:
-            await self._subscribe(client, self.presence_topic)
-            await self._announce(client)
-
-    async def _announce(self, client: Any) -> None:
-        assert self._credentials is not None
-        payload = presence_message(True, self._session, self._credentials)
-        await client.publish(self.presence_topic, payload, qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
-
     async def _on_message(self, message: Any) -> None:
         topic = str(message.topic)
+        if topic != self.events_topic:
+            log.debug("device %s: ignoring a message on %s", self.device_id, topic)
+            return
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        if topic == self.events_topic:
-            try:
-                notes = parse_event(payload)
-            except ProtocolError as exc:
-                log.warning("device %s: ignoring a malformed device event: %s", self.device_id, exc)
-                return
-            for notify in notes:
-                self._on_notify(notify)
-        elif topic == self.presence_topic and payload:
-            # An OFFLINE of an older connection of ours (a will the broker sent after we were back):
-            # say again that we are online, so the retained message tells the truth.
-            with contextlib.suppress(ProtocolError):
-                presence = parse_presence(topic, payload)
-                if not presence.online and presence.session != self._session and self._client is not None:
-                    log.info("device %s: an older connection's OFFLINE came late: announcing again", self.device_id)
-                    await self._announce(self._client)
-
-    async def stop(self) -> None:
-        """Publish OFFLINE (retained), then disconnect cleanly."""
-        if self.presence and self._client is not None and self.connected and self._credentials is not None:
-            await self.publish(
-                self.presence_topic, presence_message(False, self._session, self._credentials), retain=True
-            )
-        await super().stop()
+        try:
+            notes = parse_event(payload)
+        except ProtocolError as exc:
+            log.warning("device %s: ignoring a malformed device event: %s", self.device_id, exc)
+            return
+        for notify in notes:
+            self._on_notify(notify)

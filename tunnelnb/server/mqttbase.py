@@ -1,12 +1,12 @@
-"""What both ends of the MQTT notification path share (``pip install 'tunnelnb[mqtt]'``).
+"""What the device's MQTT connection needs (``pip install 'tunnelnb[mqtt]'``): topics, client ids, the broker URL.
 
 IoTDA tells a device about a new tunnel with an MQTT message on
 ``$oc/devices/{device_id}/sys/events/down`` (the payload of
-:func:`tunnelnb.protocol.devicelink.tunnel_notify`).  Both ends of that path --
-:class:`tunnelnb.server.mqtt.DeviceMqtt`, the agent's, and
-:class:`tunnelnb.server.platform.mqtt.PlatformMqtt`, the local platform's -- use what
-this module holds: the broker URL, the topics, IoTDA's client ids, the presence
-messages, and :class:`MqttConnection`, one broker connection kept up with linear
+:func:`tunnelnb.protocol.devicelink.tunnel_notify`).  The agent's
+:class:`tunnelnb.server.mqtt.DeviceMqtt` reaches IoTDA's broker, or the local
+platform's own (:mod:`tunnelnb.server.platform.broker`), which checks the same
+credentials; both use what this module holds: the topics, IoTDA's client ids, the
+broker URL, and :class:`MqttConnection`, one broker connection kept up with linear
 back-off.
 
 **Credentials** (checked against the official device SDKs:
@@ -21,25 +21,10 @@ huaweicloud-iot-device-sdk-python ``iot_device_sdk_python/utils/iot_util.py``):
 * password: hex HMAC-SHA256 of the device secret keyed by that timestamp -- the
   derivation the device link uses too (:func:`tunnelnb.protocol.devicelink.device_password`).
 
-**Presence.**  On IoTDA a device is ONLINE while its MQTT connection is up, and the
-broker that knows it is IoTDA itself.  The local platform sits beside a stock
-broker (mosquitto) that cannot check IoTDA's HMAC passwords and does not tell
-anyone who is connected, so the agent says it itself, with the standard MQTT
-presence pattern: on every connection it publishes a *retained* ``ONLINE``
-message to ``tunnelnb/devices/{device_id}/presence`` and registers a retained
-``OFFLINE`` *will* there, which the broker publishes when the connection dies
-without a DISCONNECT (crash, network loss, keep-alive timeout); a clean stop
-publishes ``OFFLINE`` itself.  Both carry the connection's credentials (client
-id, user name, password) and a random session id: the broker does not
-authenticate, the platform does -- it marks a device ONLINE only for a presence
-message whose password is right for that device's secret, and ignores an
-``OFFLINE`` from an older session.  So "tunnels only for online devices" keeps
-its meaning: a device is ONLINE exactly while an authenticated agent of it is
-connected to the broker.  (A retained message outlives the hour, so the platform
-checks the password, not the timestamp's age; anyone who can read the broker can
-read these messages -- and tunnel tokens: keep the broker on loopback or behind
-TLS with access control.)  Against a real IoTDA broker, switch presence off
-(``presence=False``): IoTDA knows who is online.
+**Online** is the broker's view of the device's connection: IoTDA's, or the local
+platform's broker, which knows who is connected.  (Before, the local platform sat
+beside a stock broker and believed "presence" messages the agent published; a real
+device SDK publishes none, so that is gone.)
 
 ``aiomqtt`` (on paho-mqtt) is imported only when a client is created, so
 ``import tunnelnb`` does not need it.
@@ -49,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import ssl as ssl_module
@@ -58,41 +42,31 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..errors import BrokerAuthError, PlatformUnreachable, ProtocolError, TunnelnbError
+from ..errors import BrokerAuthError, PlatformUnreachable, TunnelnbError
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "EVENTS_DOWN_TOPIC",
     "KEEPALIVE",
-    "PRESENCE_TOPIC",
-    "PRESENCE_WILDCARD",
     "PUBLISH_TIMEOUT",
     "BrokerUnreachable",
     "MqttConnection",
     "MqttCredentials",
     "MqttEndpoint",
-    "Presence",
     "client_id",
     "events_down_topic",
     "parse_client_id",
     "parse_mqtt_url",
-    "parse_presence",
-    "presence_message",
-    "presence_topic",
 ]
 
 log = logging.getLogger(__name__)
 
 EVENTS_DOWN_TOPIC = "$oc/devices/{device_id}/sys/events/down"
-PRESENCE_TOPIC = "tunnelnb/devices/{device_id}/presence"
-PRESENCE_WILDCARD = "tunnelnb/devices/+/presence"
-ONLINE, OFFLINE = "ONLINE", "OFFLINE"
-#: Seconds between MQTT PINGREQs; the broker drops (and publishes the will of) a client silent for 1.5 times this.
+#: Seconds between MQTT PINGREQs; the broker drops a client silent for 1.5 times this.
 KEEPALIVE = 60
 #: How long one connection attempt (TCP, TLS, CONNACK, SUBACKs) may take.
 CONNECT_TIMEOUT = 10.0
 PUBLISH_TIMEOUT = 5.0
-_MAX_PRESENCE_BYTES = 4096
 _STAMP_RE = re.compile(r"\d{10}")
 #: CONNACK codes that mean "wrong credentials": MQTT 3.1.1's 4 and 5, and their MQTT 5 reason codes.
 _AUTH_CODES = frozenset({4, 5, 0x86, 0x87, 0x8C})
@@ -186,58 +160,9 @@ def _tls_context(endpoint: MqttEndpoint, ssl: ssl_module.SSLContext | bool) -> s
     return context
 
 
-# ---------------------------------------------------------------------------
-# Presence messages (sans-I/O)
-
-
-@dataclass(frozen=True, slots=True)
-class Presence:
-    """One presence message: a device says it is ONLINE or OFFLINE, with the credentials of its connection."""
-
-    device_id: str
-    online: bool
-    session: str
-    credentials: MqttCredentials
-
-
-def presence_topic(device_id: str) -> str:
-    return PRESENCE_TOPIC.format(device_id=device_id)
-
-
 def events_down_topic(device_id: str) -> str:
+    """Where IoTDA publishes a device's events, ``tunnel_notify`` among them."""
     return EVENTS_DOWN_TOPIC.format(device_id=device_id)
-
-
-def presence_message(online: bool, session: str, credentials: MqttCredentials) -> bytes:
-    return json.dumps(
-        {
-            "status": ONLINE if online else OFFLINE,
-            "session": session,
-            "client_id": credentials.client_id,
-            "username": credentials.username,
-            "password": credentials.password,
-        }
-    ).encode()
-
-
-def parse_presence(topic: str, payload: bytes) -> Presence:
-    """The presence message on ``topic``; ProtocolError if it is not one."""
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[:2] != ["tunnelnb", "devices"] or parts[3] != "presence" or not parts[2]:
-        raise ProtocolError(f"not a presence topic: {topic!r}")
-    if len(payload) > _MAX_PRESENCE_BYTES:
-        raise ProtocolError(f"presence message of {len(payload)} bytes is too large")
-    try:
-        obj = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ProtocolError("presence message is not JSON") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("presence message must be a JSON object")
-    fields = [obj.get(k) for k in ("status", "session", "client_id", "username", "password")]
-    if not all(isinstance(v, str) and v for v in fields) or fields[0] not in (ONLINE, OFFLINE):
-        raise ProtocolError("presence message needs status ONLINE|OFFLINE, session, client_id, username, password")
-    status, session, cid, username, password = (str(v) for v in fields)
-    return Presence(parts[2], status == ONLINE, session, MqttCredentials(cid, username, password))
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ...protocol.devicelink import (
     parse_event,
 )
 from ...protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, CloseCode, Frame, RequestIds, Status
-from .quirks import QUIRKS
+from .quirks import C_SDK_QUIRKS, QUIRKS, StrayBytes
 from .shells import ShellAccount, reason, shell_account
 from .tunnel import WS_TIMEOUT, Tunnel
 
@@ -51,6 +51,11 @@ class Agent:
     itself) runs the shell as the agent's user.  ``heartbeat`` is the WebSocket
     ping interval (None: no pings).  See :mod:`tunnelnb.server.agent.quirks` for ``quirks``.
 
+    ``stray_bytes`` (``quirks="c-sdk"`` only): how often stray heap bytes follow a
+    full 2,048-byte read, from 0 (never) to 1 (always), drawn from an RNG seeded with
+    ``stray_seed``; None takes ``$TUNNELNB_STRAY_BYTES`` (``PROBABILITY[:SEED]``), else
+    1 in 4 seeded with the device id (see :class:`~.quirks.StrayBytes`).
+
     ``abandon_grace``: once the tunnel's WebSocket has dropped, how long the shell
     waits to hear from the application again before its command is interrupted
     (Ctrl-C) and its session ended (see :mod:`.tunnel`).
@@ -58,8 +63,8 @@ class Agent:
     ``mqtt_url`` (``mqtt://HOST[:PORT]`` or ``mqtts://…``) takes the tunnel
     notifications from an MQTT broker, as an IoTDA device does, instead of the
     device link (``platform_url`` is then unused and may be empty): see
-    :mod:`tunnelnb.server.mqtt` for the credentials, ``mqtt_check_timestamp`` (client
-    id sign type 1) and ``mqtt_presence`` (off for a real IoTDA broker).
+    :mod:`tunnelnb.server.mqtt` for the credentials and ``mqtt_check_timestamp`` (client
+    id sign type 1).
     """
 
     def __init__(
@@ -84,7 +89,8 @@ class Agent:
         ssl: ssl_module.SSLContext | bool = True,
         mqtt_url: str | None = None,
         mqtt_check_timestamp: bool = False,
-        mqtt_presence: bool = True,
+        stray_bytes: float | None = None,
+        stray_seed: int | str | None = None,
     ) -> None:
         if quirks not in QUIRKS:
             raise ValueError(f"quirks must be one of {', '.join(QUIRKS)}, not {quirks!r}")
@@ -99,7 +105,6 @@ class Agent:
             raise ValueError("give the platform's URL (device link) or an MQTT broker's (mqtt_url)")
         self.mqtt_url = mqtt_url
         self.mqtt_check_timestamp = mqtt_check_timestamp
-        self.mqtt_presence = mqtt_presence
         self._mqtt: Any = None  # a tunnelnb.server.mqtt.DeviceMqtt while started with mqtt_url
         self.device_id = device_id
         self._secret = device_secret
@@ -108,6 +113,7 @@ class Agent:
         self.local_shell = local_shell
         self.shell = tuple(shell)
         self.quirks = quirks
+        self.stray_bytes = StrayBytes.configure(stray_bytes, stray_seed, default_seed=device_id)
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         self.abandon_grace = abandon_grace
@@ -198,7 +204,7 @@ class Agent:
             await asyncio.gather(*self._closing_tunnels, return_exceptions=True)
         mqtt, self._mqtt = self._mqtt, None
         if mqtt is not None:
-            await mqtt.stop()  # OFFLINE, then a clean DISCONNECT
+            await mqtt.stop()  # a clean DISCONNECT: the broker takes the device OFFLINE
         ws = self._link_ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
@@ -231,7 +237,6 @@ class Agent:
             on_notify=self._open_tunnel,  # the same notify handling as on the device link
             on_connected=self._mqtt_connected,
             check_timestamp=self.mqtt_check_timestamp,
-            presence=self.mqtt_presence,
             ssl=self.ssl,
             reconnect_step=self.reconnect_step,
         )
@@ -325,12 +330,14 @@ class Agent:
         if self._stopping:
             return
         current = self._tunnel
-        if current is not None and current.serves(notify):
+        if current is not None and current.serves(notify) and self.quirks not in C_SDK_QUIRKS:
             # The platform repeats a notify while it sees no device connection (e.g. when the
             # application connects first); replacing our socket would only make it churn.
             log.info("repeated tunnel notify for %s: keeping the current connection", notify.tunnel_uri)
             current.retry_now()
             return
+        # The C SDK closes its connection and opens a new one on every notify, even one about
+        # the tunnel it is connected to, losing the SSH session (wss_client.c, WssClientConnect).
         log.info("tunnel notify: connecting to %s", notify.tunnel_uri)
         previous, closing = self._tunnel, None
         if previous is not None:

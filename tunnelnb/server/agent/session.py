@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 
 from ...protocol.frames import SSH_IDLE_REQUEST_ID, Frame, Op, Status
 from .quirks import (
+    C_SDK_CHANNEL_FAILED,
     C_SDK_JSON_BYTES,
+    C_SDK_QUIRKS,
     C_SDK_READ_BYTES,
     COALESCE_SECONDS,
     CSHARP_FIRST_OUTPUT_SECONDS,
@@ -68,7 +70,7 @@ class ShellSession:
     def output_id(self) -> str:
         """The request_id stamped on output, as the chosen SDK would."""
         quirks = self.agent.quirks
-        if quirks == "c-sdk":
+        if quirks in C_SDK_QUIRKS:
             return self.tunnel.latest_id
         if quirks == "csharp-sdk":
             return self.connect_id
@@ -118,7 +120,11 @@ class ShellSession:
                 self.backend = await self._open()
             except LoginFailed as exc:
                 log.warning("login for user %r failed: %s", self.username, exc.message)
-                await self._report(Frame.disconnect(self.connect_id, exc.status_code, exc.message))
+                if agent.quirks in C_SDK_QUIRKS:  # one answer to every SSH failure (wss_client.c)
+                    frame = Frame.disconnect(self.connect_id, Status.CHANNEL_FAILED, C_SDK_CHANNEL_FAILED)
+                else:
+                    frame = Frame.disconnect(self.connect_id, exc.status_code, exc.message)
+                await self._report(frame)
                 return
             finally:
                 self._password = ""
@@ -193,8 +199,8 @@ class ShellSession:
 
     async def _pump(self) -> None:
         quirks = self.agent.quirks
-        if quirks == "c-sdk":
-            await self._pump_c_sdk()
+        if quirks in C_SDK_QUIRKS:
+            await self._pump_c_sdk(quirks)
         elif quirks == "csharp-sdk":
             await self._pump_chunks(CSHARP_READ_BYTES)
         else:
@@ -230,25 +236,36 @@ class ShellSession:
             if inbox.finished:
                 return
 
-    async def _pump_c_sdk(self) -> None:
-        """The C SDK: raw reads of at most 2,048 bytes; what does not fit its JSON buffer is lost.
+    async def _pump_c_sdk(self, quirks: str) -> None:
+        """The C SDK: raw reads of at most 2,048 bytes, sent as the raw bytes they are.
 
         Its reader thread blocks in each send, so output piles up meanwhile and
         is read in full buffers: coalesce for a few milliseconds, as it would.
+        A read stops at its first NUL (a C string).  ``c-sdk``: stray bytes may
+        follow a full read (``ssh_client.c`` does not NUL-terminate it; see
+        :class:`~.quirks.StrayBytes`).  ``c-sdk-1.1``: a chunk whose JSON does not
+        fit the 2,304-byte print buffer is lost (v1.1.3's ``wss_client.c``).
         """
-        inbox = self.inbox
+        inbox, stray = self.inbox, self.agent.stray_bytes
         while True:
             await inbox.wait(fill=C_SDK_READ_BYTES, linger=COALESCE_SECONDS)
             raw = inbox.take(C_SDK_READ_BYTES)
             nul = raw.find(b"\0")
             if nul >= 0:
                 raw = raw[:nul]  # a C string ends at its first NUL
+            elif len(raw) == C_SDK_READ_BYTES and quirks == "c-sdk":
+                junk = stray.after_full_read()
+                if junk:
+                    log.debug("c-sdk quirk: %d stray bytes after a full read", len(junk))
+                    raw += junk
             if raw:
                 request_id = self.output_id()
-                size = c_sdk_json_size(request_id, raw)
+                size = c_sdk_json_size(request_id, raw) if quirks == "c-sdk-1.1" else 0
                 if size > C_SDK_JSON_BYTES:
-                    log.debug("c-sdk quirk: dropped %d bytes of output (%d-byte JSON)", len(raw), size)
+                    log.debug("c-sdk-1.1 quirk: dropped %d bytes of output (%d-byte JSON)", len(raw), size)
                 else:
+                    # The bytes ride in a str as surrogateescape'd lone surrogates; encode_as puts them
+                    # back into the message as they are (the message need not be valid UTF-8).
                     text = raw.decode("utf-8", "surrogateescape")
                     await self.tunnel.send_output(Frame(Op.COMMAND_RESPONSE, request_id, text))
             if inbox.finished:

@@ -12,6 +12,11 @@ when the device's WebSocket drops, since the platform then tells the application
 waits ``abandon_grace`` seconds (reconnecting meanwhile) for any frame from the
 application; if none comes, it types Ctrl-C into the shell, waits a moment, and
 ends the session (closing the SSH channel, or hanging up on the local shell).
+
+The C SDK modes (:data:`~.quirks.C_SDK_QUIRKS`) do what that SDK does instead:
+every close of the WebSocket ends the shell session at once (``wss_client.c``,
+``WssClientListenerOnClose`` → ``SSHClientSessionDestroy``), the reconnect comes
+without it, and nothing is kept while the socket is down.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import aiohttp
 from ...errors import ProtocolError
 from ...protocol.devicelink import TunnelNotify
 from ...protocol.frames import CloseCode, Frame, Op, chunk_text, decode_frame
-from .quirks import encode_as, encoded_size, output_budget
+from .quirks import C_SDK_QUIRKS, encode_as, encoded_size, output_budget
 from .session import ShellSession
 from .shells import reason
 
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: Close codes after which the device SDKs do not reconnect: normal, auth failed, replaced.
 NO_RECONNECT_CODES = frozenset({1000, 1002, 4000})
-#: Output kept while the tunnel is down (counted in characters of JSON text); beyond it the
+#: Output kept while the tunnel is down (counted in bytes of JSON text); beyond it the
 #: shell is paused until the tunnel is back.
 OFFLINE_BUFFER_BYTES = 1 << 20
 #: ws_connect's timeout (for the device link too): how long closing waits for the peer's close frame.
@@ -60,7 +65,7 @@ class Tunnel:
         self._token = notify.tunnel_access_token
         self.ws: aiohttp.ClientWebSocketResponse | None = None  # live: backlog flushed
         self._connecting: aiohttp.ClientWebSocketResponse | None = None
-        self._backlog: deque[str] = deque()
+        self._backlog: deque[bytes] = deque()
         self._backlog_bytes = 0
         self._send_lock = asyncio.Lock()
         self._online = asyncio.Event()
@@ -97,13 +102,18 @@ class Tunnel:
     # -- sending -----------------------------------------------------------------
 
     async def send(self, frame: Frame) -> None:
-        """Send now, or keep for after the reconnect while the tunnel is down."""
-        text = encode_as(self.agent.quirks, frame)
+        """Send now, or keep for after the reconnect while the tunnel is down (the C SDK drops it).
+
+        Always a text message, even where the emulated SDK's bytes are not valid
+        UTF-8 (:func:`~.quirks.encode_as`).
+        """
+        quirks = self.agent.quirks
+        message = encode_as(quirks, frame)
         async with self._send_lock:
             ws = self.ws
             if ws is not None and not ws.closed:
                 try:
-                    await ws.send_str(text)
+                    await ws.send_frame(message, aiohttp.WSMsgType.TEXT)
                     return
                 except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
                     log.debug("tunnel send failed (%s): keeping the frame for the reconnect", exc)
@@ -112,8 +122,11 @@ class Tunnel:
                 self._online.clear()
             if self.closing:
                 return
-            self._backlog.append(text)
-            self._backlog_bytes += len(text)
+            if quirks in C_SDK_QUIRKS:  # WssClientSendRsp sends on whatever connection there is, or not at all
+                log.debug("c-sdk quirk: %s frame dropped, the tunnel connection is down", frame.op)
+                return
+            self._backlog.append(message)
+            self._backlog_bytes += len(message)
 
     async def send_output(self, frame: Frame) -> None:
         """Send a command_response; wait while the offline backlog is full (the shell then pauses)."""
@@ -156,6 +169,8 @@ class Tunnel:
                     attempt = 0
                     self._connecting = ws
                     await self._serve(ws)
+                    if agent.quirks in C_SDK_QUIRKS:  # the SDK destroys its SSH session on every close
+                        await self._end_session()
                     if self.closing:
                         return
                     code = ws.close_code
@@ -186,7 +201,7 @@ class Tunnel:
         async with self._send_lock:
             try:
                 while self._backlog:
-                    await ws.send_str(self._backlog[0])
+                    await ws.send_frame(self._backlog[0], aiohttp.WSMsgType.TEXT)
                     self._backlog_bytes -= len(self._backlog.popleft())
             except (ConnectionError, aiohttp.ClientError, RuntimeError):
                 pass  # broken again: stay offline; the receive loop below ends at once and we reconnect
@@ -207,7 +222,7 @@ class Tunnel:
         finally:
             self.ws = None
             self._online.clear()
-            if not self.closing:
+            if not self.closing and self.agent.quirks not in C_SDK_QUIRKS:
                 self._application_maybe_gone()
 
     # -- an application that went away ---------------------------------------------
@@ -257,7 +272,7 @@ class Tunnel:
         if op in (Op.CONNECT, Op.COMMAND):  # only the application sends these: it is there
             self._application_back()
         if op is Op.CONNECT:
-            if self.agent.quirks == "c-sdk":  # the C SDK answers before it even tries SSH
+            if self.agent.quirks in C_SDK_QUIRKS:  # the C SDK answers before it even tries SSH
                 await self.send(Frame(Op.CONNECT_RESPONSE, frame.request_id, None))
             old, self.session = self.session, ShellSession(self, frame)
             if old is not None:

@@ -1,8 +1,9 @@
 """The :class:`Platform`: settings, state, the aiohttp application and its life cycle.
 
-The platform owns what it knows (devices, tunnels, MQTT presence) and hands it to
+The platform owns what it knows (devices, tunnels) and hands it to
 the collaborators that serve it: :class:`~.auth.Auth` (REST credentials),
-:class:`~.devices.DeviceRegistry` (devices, device links, notifications),
+:class:`~.devices.DeviceRegistry` (devices, device links, MQTT logins, notifications),
+:class:`~.broker.DeviceBroker` (its MQTT broker, while it runs),
 :class:`~.relay.Relay` (tunnel WebSockets) and :class:`~.rest.RestApi`.  They read
 the platform's settings live, so a test can replace :attr:`Platform.clock`.
 Also here: :func:`serve`, the ``tunnelnb platform`` command's loop.
@@ -26,15 +27,14 @@ from ...errors import PlatformError
 from ...protocol import signing
 from ...protocol.devicelink import LINK_PATH
 from ...protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, CloseCode, Frame
-from ..mqttbase import Presence
 from ..oslimits import raise_open_files_limit
 from . import logthrottle
 from .auth import Auth
+from .broker import DeviceBroker
 from .devices import DeviceRegistry
 from .guard import ConnectionGuard, GuardedSite, GuardSettings
 from .http import MAX_BODY_BYTES, error_middleware, stamp_request_id
 from .model import Conn, Device, ErrorCode, Tunnel
-from .mqtt import PlatformMqtt
 from .relay import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_STALL_TIMEOUT, Relay
 from .rest import RestApi
 from .sockets import Sockets
@@ -59,11 +59,14 @@ class Platform:
     the platform's clock.  ``clock`` (seconds since the epoch) can be replaced, so
     token expiry and timestamp checks are testable without waiting.
 
-    ``mqtt_url`` (``mqtt://[user:password@]HOST[:PORT]`` or ``mqtts://…``, TLS
-    verified per ``mqtt_ssl``) also sends the notifications through an MQTT broker,
-    as IoTDA does: a device that is ONLINE by MQTT presence (see :mod:`tunnelnb.server.mqtt`)
-    gets its ``tunnel_notify`` published to ``$oc/devices/{device_id}/sys/events/down``
-    with QoS 1; devices on a device link keep getting theirs over the link.
+    ``mqtt_port`` runs the platform's own MQTT broker on ``host`` (0 picks a free
+    port; None, the default here, runs none), and ``mqtts_port`` a TLS listener of it
+    with ``ssl_context`` (:mod:`.broker`): devices log in there as on IoTDA, are
+    ONLINE while connected, and get their ``tunnel_notify`` published to
+    ``$oc/devices/{device_id}/sys/events/down`` with QoS 1; devices on a device link
+    keep getting theirs over the link.  :attr:`mqtt_urls` are the addresses bound.
+    ``notify_grace`` is how long a device has to join a tunnel before it is notified
+    again (:mod:`.devices`: one notify per tunnel).
 
     Connection hygiene (docs: issue 14; :mod:`.guard`): ``header_timeout`` is how long a
     connection may take to be answered with a success (an authenticated call, a
@@ -91,8 +94,9 @@ class Platform:
         sk: str | None = None,
         signature_clock_skew: int = signing.DEFAULT_MAX_SKEW,
         ssl_context: ssl.SSLContext | None = None,
-        mqtt_url: str | None = None,
-        mqtt_ssl: ssl.SSLContext | bool = True,
+        mqtt_port: int | None = None,
+        mqtts_port: int | None = None,
+        notify_grace: float = 5.0,
         header_timeout: float = 10.0,
         idle_timeout: float = 75.0,
         max_pending_connections: int = 1024,
@@ -101,6 +105,10 @@ class Platform:
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
         max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
     ) -> None:
+        if mqtts_port is not None and ssl_context is None:
+            raise ValueError("mqtts_port needs ssl_context (the certificate to serve)")
+        if notify_grace <= 0:
+            raise ValueError("notify_grace must be positive")
         if max_message_bytes < 64:
             raise ValueError(f"max_message_bytes={max_message_bytes} is too small to carry a frame")
         if max_tunnels < 1:
@@ -142,24 +150,24 @@ class Platform:
         self.base_url = ""
         self._devices: dict[str, Device] = {}
         self._tunnels: dict[str, Tunnel] = {}
-        self._presence: dict[str, Presence] = {}  # device id -> its latest MQTT presence
         self._runner: web.AppRunner | None = None
         self._closing = False
-        self.mqtt_url = mqtt_url
-        self.mqtt_ssl = mqtt_ssl
-        self._mqtt: PlatformMqtt | None = None  # while running with mqtt_url
+        self.mqtt_port = mqtt_port
+        self.mqtts_port = mqtts_port
+        self.notify_grace = notify_grace
+        #: ``mqtt://HOST:PORT`` (and ``mqtts://…``) of the running broker; empty without one.
+        self.mqtt_urls: list[str] = []
         self._auth = Auth(self)
         self._sockets = Sockets(self)
-        self._registry = DeviceRegistry(
-            self, self._devices, self._tunnels, self._presence, sockets=self._sockets, publish=self._publish_notify
-        )
+        self._registry = DeviceRegistry(self, self._devices, self._tunnels, sockets=self._sockets)
         # _route and _device_of are late-bound, so they can be replaced on a platform instance:
         # bench/relay.py wraps _route to count the frames relayed, a test makes _device_of fail.
         self._relay = Relay(
             self,
             self._tunnels,
             sockets=self._sockets,
-            notify=self._registry.notify,
+            notify=self._registry.want_notify,
+            device_dropped=self._registry.device_dropped,
             route=lambda tunnel, conn, frame, text: self._route(tunnel, conn, frame, text),
         )
         self._rest = RestApi(
@@ -281,8 +289,8 @@ class Platform:
             host = f"[{host}]"
         self.base_url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
         logger.debug("platform started on %s (project %s)", self.base_url, self.project_id)
-        if self.mqtt_url is not None:
-            await self._start_mqtt()  # on failure it stops the platform again, and raises
+        if self.mqtt_port is not None or self.mqtts_port is not None:
+            await self._start_broker()  # on failure it stops the platform again, and raises
 
     async def stop(self) -> None:
         """Say goodbye on every tunnel side, close every WebSocket with 1001, then the server."""
@@ -291,7 +299,7 @@ class Platform:
             return
         self._closing = True
         try:
-            await self._stop_mqtt()
+            await self._stop_broker()
             goodbyes: list[Awaitable[Any]] = [*self._relay.goodbyes(), *self._registry.goodbyes()]
             goodbyes.extend(self._relay.handshakes)
             await asyncio.gather(*goodbyes, return_exceptions=True)
@@ -335,33 +343,28 @@ class Platform:
         await self.stop()
 
     # ------------------------------------------------------------------
-    # MQTT (tunnelnb.server.platform.mqtt): notifications through a broker, presence from it
+    # The MQTT broker (.broker): device access as on IoTDA
 
-    async def _start_mqtt(self) -> None:
-        assert self.mqtt_url is not None
+    async def _start_broker(self) -> None:
+        listen: list[tuple[str, int, ssl.SSLContext | None]] = []
+        if self.mqtt_port is not None:
+            listen.append((self.host, self.mqtt_port, None))
+        if self.mqtts_port is not None:
+            listen.append((self.host, self.mqtts_port, self.ssl_context))
+        broker = DeviceBroker(self._registry, listen, login_timeout=self.header_timeout)
         try:
-            self._mqtt = mqtt = PlatformMqtt(
-                self.mqtt_url,
-                on_presence=self._registry.on_presence,
-                on_connected=self._registry.on_mqtt_connected,
-                ssl=self.mqtt_ssl,
-            )
-            await mqtt.start()
+            await broker.start()
         except BaseException:
-            self._mqtt = None
             await self.stop()
             raise
-        logger.info("platform notifying devices through the MQTT broker at %s", mqtt.endpoint.url)
+        self._registry.broker = broker
+        self.mqtt_urls = [url.replace("://0.0.0.0:", "://127.0.0.1:") for url in broker.urls]
 
-    async def _stop_mqtt(self) -> None:
-        mqtt, self._mqtt = self._mqtt, None
-        if mqtt is not None:
-            await mqtt.stop()
-            self._registry.on_mqtt_connected(False)
-
-    async def _publish_notify(self, device_id: str, payload: str) -> bool:
-        """Publish a tunnel_notify payload to the device through the broker; False without one."""
-        return self._mqtt is not None and await self._mqtt.publish_notify(device_id, payload)
+    async def _stop_broker(self) -> None:
+        broker, self._registry.broker = self._registry.broker, None
+        self.mqtt_urls = []
+        if broker is not None:
+            await broker.stop()
 
 
 async def serve(**kwargs: Any) -> None:
@@ -382,6 +385,9 @@ async def serve(**kwargs: Any) -> None:
     try:
         logger.info("tunnelnb platform listening on %s", platform.base_url)
         print(platform.base_url, flush=True)
+        for url in platform.mqtt_urls:  # after the base URL, which scripts read from the first line
+            logger.info("MQTT device access on %s", url)
+            print(url, flush=True)
         await stopping.wait()
     finally:
         for sig in installed:

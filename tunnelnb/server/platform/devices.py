@@ -1,33 +1,46 @@
-"""Devices: registration, presence (device links and MQTT) and tunnel notifications.
+"""Devices: registration, what makes them ONLINE (device links and MQTT), and their tunnel notifications.
 
 :class:`DeviceRegistry` creates devices, serves the device-link WebSocket through
-which a device is ONLINE, applies the MQTT presence messages of devices on a broker,
-and sends each device its ``tunnel_notify`` -- over its link, or through the broker.
+which a device is ONLINE, checks the MQTT logins of the platform's broker
+(:mod:`.broker`) and follows their connections, and sends each device its
+``tunnel_notify`` -- over its link, or through the broker -- once per tunnel.
+
+**One notify per tunnel.**  The official C SDK closes its tunnel WebSocket and opens
+a new one on every ``tunnel_notify`` (huaweicloud-iot-device-sdk-c, ``src/tunnel/``),
+losing its SSH session, so a second notify in the middle of a login breaks the
+tunnel.  The device is notified when the tunnel is created (or when it comes online
+with a tunnel waiting), and again only if its side has not joined within
+``Platform.notify_grace`` seconds while an application waits, or after its side
+dropped while the tunnel is open -- never twice within the grace period.  (Huawei
+documents that a new notify replaces the old connection, not when IoTDA sends one:
+this policy is tunnelnb's.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ...errors import PlatformError
-from ...protocol.devicelink import tunnel_notify
+from ...protocol.devicelink import device_password, tunnel_notify
 from ...protocol.frames import CloseCode
+from ..mqttbase import events_down_topic, parse_client_id
 from .auth import check_device_login
 from .http import ws_base
 from .model import OPEN, Device, ErrorCode, Side, Tunnel, bad_input, id_field, optional_str
-from .mqtt import verify_presence
 from .sockets import Sockets
 
 if TYPE_CHECKING:
-    from ..mqttbase import Presence
     from .app import Platform
+    from .broker import DeviceBroker
 
 __all__ = ["DeviceRegistry"]
 
@@ -35,13 +48,13 @@ logger = logging.getLogger(__name__)
 
 
 class DeviceRegistry:
-    """The platform's ``devices`` and what makes them ONLINE; ``presence`` keeps each device's latest MQTT presence.
+    """The platform's ``devices`` and what makes them ONLINE.
 
     ``tunnels`` (shared with the REST API and the relay) tells which tunnels wait
-    for a device that comes online; ``publish(device_id, payload)`` sends a
-    notification through the MQTT broker (False if it cannot).  ``platform``
-    supplies the clock, ``token_ttl``, ``link_clock_skew``, ``base_url`` and whether
-    it is shutting down, read when needed.
+    for a device that comes online; ``broker`` (set while the platform's MQTT broker
+    runs) carries the notifications of devices connected to it.  ``platform``
+    supplies the clock, ``token_ttl``, ``link_clock_skew``, ``notify_grace``,
+    ``base_url`` and whether it is shutting down, read when needed.
     """
 
     def __init__(
@@ -49,17 +62,15 @@ class DeviceRegistry:
         platform: Platform,
         devices: dict[str, Device],
         tunnels: dict[str, Tunnel],
-        presence: dict[str, Presence],
         *,
         sockets: Sockets,
-        publish: Callable[[str, str], Awaitable[bool]],
     ) -> None:
         self._platform = platform
         self._devices = devices
         self._tunnels = tunnels
-        self._presence = presence
         self._sockets = sockets
-        self._publish = publish
+        self.broker: DeviceBroker | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------
     # Registration
@@ -104,9 +115,6 @@ class DeviceRegistry:
         )
         self._devices[device_id] = device
         logger.info("device %s added to project %s", device_id, project_id)
-        presence = self._presence.get(device_id)
-        if presence is not None:  # its agent was on the broker before it was registered
-            self._apply_presence(device, presence)
         return device.info()
 
     def device_of(self, project_id: str, device_id: str) -> Device:
@@ -153,7 +161,13 @@ class DeviceRegistry:
         return ws
 
     def goodbyes(self) -> list[Awaitable[None]]:
-        """For shutdown: close every device link with 1001."""
+        """For shutdown: no more notifications; close every device link with 1001."""
+        for tunnel in self._tunnels.values():
+            if tunnel.notify_timer is not None:
+                tunnel.notify_timer.cancel()
+                tunnel.notify_timer = None
+        for task in self._tasks:
+            task.cancel()
         return [
             self._sockets.close(device.link, CloseCode.GOING_AWAY, "platform shutting down")
             for device in self._devices.values()
@@ -161,14 +175,53 @@ class DeviceRegistry:
         ]
 
     # ------------------------------------------------------------------
-    # Notifications
+    # Notifications: one per tunnel (see the module docstring)
+
+    async def want_notify(self, tunnel: Tunnel) -> None:
+        """See that the device hears of ``tunnel``: notify now, or once the last notify's grace period is over."""
+        if tunnel.status != OPEN or tunnel.conns[Side.DEVICE] is not None or self._platform.closing:
+            return
+        platform = self._platform
+        now, grace = platform.clock(), platform.notify_grace
+        if tunnel.notified_at is not None and now - tunnel.notified_at < grace:
+            self._recheck(tunnel, tunnel.notified_at + grace - now)
+            return
+        if await self.notify(tunnel):
+            tunnel.notified_at = platform.clock()
+            self._recheck(tunnel, grace)
+
+    def device_dropped(self, tunnel: Tunnel) -> None:
+        """The device's side left the open ``tunnel``: notify it again if it has not rejoined within the grace period.
+
+        Not at once: the C SDK reconnects by itself after most drops, and a notify
+        would make it drop the connection it just made.
+        """
+        if tunnel.status == OPEN and not self._platform.closing:
+            self._recheck(tunnel, self._platform.notify_grace)
+
+    def _recheck(self, tunnel: Tunnel, delay: float) -> None:
+        """In ``delay`` seconds, notify again if an application still waits for a device that has not joined."""
+        if tunnel.notify_timer is not None:
+            tunnel.notify_timer.cancel()
+        tunnel.notify_timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._on_recheck, tunnel)
+
+    def _on_recheck(self, tunnel: Tunnel) -> None:
+        tunnel.notify_timer = None
+        waiting = tunnel.conns[Side.SOURCE] is not None and tunnel.conns[Side.DEVICE] is None
+        if waiting and tunnel.status == OPEN and not self._platform.closing:
+            logger.info("tunnel %s: device %s has not joined: notifying it again", tunnel.tunnel_id, tunnel.device_id)
+            task = asyncio.get_running_loop().create_task(self.want_notify(tunnel))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def notify(self, tunnel: Tunnel) -> bool:
-        """Send the device its tunnel_notify over its link, or over MQTT; False if it is offline."""
+        """Send the device its tunnel_notify over its link, or through the broker; False if it is offline."""
         device = self._devices.get(tunnel.device_id)
         if device is None or not device.online:
             logger.debug(
-                "tunnel %s: device %s is offline; it will be notified when it links", tunnel.tunnel_id, tunnel.device_id
+                "tunnel %s: device %s is offline; it will be notified when it comes online",
+                tunnel.tunnel_id,
+                tunnel.device_id,
             )
             return False
         platform = self._platform
@@ -180,8 +233,11 @@ class DeviceRegistry:
         payload = json.dumps(tunnel_notify(uri, tunnel.device_token, remaining, when))
         if device.link is not None:
             sent = await self._sockets.send(device.link, payload)
+        elif self.broker is not None:
+            await self.broker.publish(events_down_topic(device.device_id), payload.encode())
+            sent = True
         else:
-            sent = await self._publish(device.device_id, payload)
+            sent = False
         if sent:
             logger.info(
                 "tunnel %s: notified device %s%s", tunnel.tunnel_id, tunnel.device_id, "" if device.link else " (MQTT)"
@@ -192,40 +248,55 @@ class DeviceRegistry:
         """Notify the device of each of its open tunnels that its side has not joined yet."""
         for tunnel in list(self._tunnels.values()):
             if tunnel.device_id == device.device_id and tunnel.status == OPEN and tunnel.conns[Side.DEVICE] is None:
-                await self.notify(tunnel)
+                await self.want_notify(tunnel)
 
     # ------------------------------------------------------------------
-    # MQTT presence (tunnelnb.server.platform.mqtt)
+    # MQTT device access (.broker): IoTDA's login, and ONLINE/OFFLINE from the connections
 
-    def on_mqtt_connected(self, up: bool) -> None:
-        """Without the broker, no MQTT device can be notified: they are OFFLINE until their presence comes back."""
-        if not up:
-            self._presence.clear()
-            for device in self._devices.values():
-                if device.mqtt_session is not None:
-                    device.mqtt_session = None
-                    logger.info("device %s offline (the MQTT broker is gone)", device.device_id)
+    def mqtt_login(self, client_id: str, username: str, password: str) -> str | None:
+        """The device id if these are IoTDA credentials of a registered device, else None.
 
-    async def on_presence(self, presence: Presence) -> None:
-        """A presence message from the broker: apply it, and notify a device that came online of waiting tunnels."""
-        self._presence[presence.device_id] = presence  # also for a device registered later
-        device = self._devices.get(presence.device_id)
-        if device is not None and self._apply_presence(device, presence):
-            await self._notify_waiting(device)
+        Client id ``{device_id}_0_{sign_type}_{YYYYMMDDHH}``, user name the device id,
+        password the hex HMAC-SHA256 of the secret keyed by that timestamp (the device
+        SDKs' ``src/base/mqtt_base.c`` / ``iot_util.py`` derivation).  Sign type 1 also
+        checks the timestamp against the clock; Huawei does not document how far it may
+        be off, so it is ``link_clock_skew``, as for device links.
+        """
+        try:
+            device_id, sign_type, stamp = parse_client_id(client_id)
+        except ValueError:
+            return None
+        device = self._devices.get(device_id)
+        if device is None or username != device_id:
+            return None
+        expected = device_password(device.secret, stamp)
+        if not hmac.compare_digest(password.lower().encode(), expected.encode()):
+            return None
+        if sign_type == "1":
+            try:
+                when = datetime.strptime(stamp, "%Y%m%d%H").replace(tzinfo=UTC).timestamp()
+            except ValueError:
+                return None
+            if abs(self._platform.clock() - when) > self._platform.link_clock_skew:
+                return None
+        return device_id
 
-    def _apply_presence(self, device: Device, presence: Presence) -> bool:
-        """Mark the device ONLINE/OFFLINE per an authentic presence message; True if it came online."""
-        problem = verify_presence(presence, device.secret)
-        if problem is not None:
-            logger.warning("device %s: ignoring its MQTT presence: %s", device.device_id, problem)
-            return False
-        if presence.online:
-            came = device.mqtt_session != presence.session
-            device.mqtt_session = presence.session
-            if came:
-                logger.info("device %s online (MQTT)", device.device_id)
-            return came
-        if device.mqtt_session == presence.session:  # an OFFLINE of an older connection changes nothing
-            device.mqtt_session = None
-            logger.info("device %s offline (MQTT)", device.device_id)
-        return False
+    async def mqtt_connected(self, device_id: str, client_id: str) -> None:
+        """An authenticated MQTT connection of the device is up: it is ONLINE; notify it of waiting tunnels."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return
+        came = not device.online
+        device.mqtt_clients.add(client_id)
+        if came:
+            logger.info("device %s online (MQTT)", device_id)
+        await self._notify_waiting(device)
+
+    def mqtt_disconnected(self, device_id: str, client_id: str) -> None:
+        """That connection is gone: OFFLINE unless another connection (or a link) keeps it up."""
+        device = self._devices.get(device_id)
+        if device is None or client_id not in device.mqtt_clients:
+            return
+        device.mqtt_clients.discard(client_id)
+        if not device.online:
+            logger.info("device %s offline (MQTT)", device_id)

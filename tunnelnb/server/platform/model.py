@@ -7,6 +7,7 @@ can use them without importing each other.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 from dataclasses import dataclass, field
@@ -110,13 +111,13 @@ class Device:
     link: web.WebSocketResponse | None = None
     #: ``ws://host:port`` as the device reached us: its tunnel_notify URIs use it.
     link_base: str = ""
-    #: The session id of the device's MQTT connection while it is ONLINE there (tunnelnb.server.mqtt), else None.
-    mqtt_session: str | None = None
+    #: The client ids of its authenticated connections to the platform's MQTT broker (.broker).
+    mqtt_clients: set[str] = field(default_factory=set)
 
     @property
     def online(self) -> bool:
         """ONLINE: its device link is open, or an authenticated MQTT connection of it is up."""
-        return self.link is not None or self.mqtt_session is not None
+        return self.link is not None or bool(self.mqtt_clients)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -157,6 +158,9 @@ class Tunnel:
     closed_time: float | None = None
     conns: dict[Side, Conn | None] = field(default_factory=lambda: dict.fromkeys(Side))
     states: dict[Side, tuple[str, float]] = field(default_factory=dict)
+    #: When the device was last sent this tunnel's tunnel_notify (platform clock), and the pending re-check.
+    notified_at: float | None = None
+    notify_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def token(self, side: Side) -> str:
         return self.source_token if side is Side.SOURCE else self.device_token

@@ -2,8 +2,19 @@
 
 :class:`Relay` authenticates each side with its tunnel access token, gives a side's
 slot to the newest connection, tells the application when both sides are there,
-relays every valid frame between them as the exact text received, and ends sides
+relays every valid frame between them as the exact bytes received, and ends sides
 that break the rules -- always telling the peer why with a disconnect frame.
+
+A device's text message need not be valid UTF-8: the C SDK copies raw terminal bytes
+into its JSON, so a character split between two of its 2,048-byte reads makes a
+message that is not (docs/architecture.md, "The platform").  The tunnel sockets are
+read as bytes (``decode_text=False``): a device's message is checked as a frame
+(:func:`~tunnelnb.protocol.frames.decode_frame` reads such bytes with
+``surrogateescape``) and relayed byte for byte, never closed with 1007 for its
+encoding.  The application side stays strict: tunnelnb's client always sends valid
+UTF-8, a device SDK types what it gets into a terminal, and an aiohttp device (the
+agent) would close on such a message; an application's message that is not valid
+UTF-8 is refused (1007) as before.
 
 Each side is read by its handler and written by a task of its own, through a bounded
 outbox (issue 14): a side that stops reading never stops the platform from reading
@@ -25,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WebSocketError, WSMsgType, web
 
 from ...errors import PlatformError, ProtocolError
-from ...protocol.frames import CloseCode, Frame, Op, Status, decode_frame, encode_frame
+from ...protocol.frames import CloseCode, Frame, Op, Status, decode_frame, encode_frame, require_utf8
 from .auth import same_secret
 from .model import CLOSED, CONNECTED, DISCONNECTED, OPEN, Conn, ErrorCode, Side, Tunnel, open_tunnel_of
 from .sockets import Sockets
@@ -80,8 +91,8 @@ class _Outbox:
         self._stall_timeout = stall_timeout
         self._max_backlog = max_backlog
         self._on_slow = on_slow
-        self._queue: deque[tuple[str, int]] = deque()
-        #: Bytes (UTF-8) of the messages waiting, the one being sent included.
+        self._queue: deque[bytes] = deque()
+        #: Bytes of the messages waiting, the one being sent included.
         self.backlog = 0
         self._stopped = False
         self._ready = asyncio.Event()  # messages are waiting
@@ -89,16 +100,17 @@ class _Outbox:
         self._idle.set()
         self._task = asyncio.create_task(self._run())
 
-    def post(self, text: str) -> bool:
-        """Queue ``text`` for sending; False if the outbox has stopped, or stops now because the side fell behind."""
+    def post(self, message: bytes) -> bool:
+        """Queue ``message`` (a text message's bytes) for sending; False if the outbox has stopped, or stops now
+        because the side fell behind."""
         if self._stopped:
             return False
-        size = len(text.encode("utf-8", "surrogatepass"))
+        size = len(message)
         limit = self._max_backlog()
         if self._queue and self.backlog + size > limit:
             self._slow(f"fell behind by more than {limit} bytes")
             return False
-        self._queue.append((text, size))
+        self._queue.append(message)
         self.backlog += size
         self._idle.clear()
         self._ready.set()
@@ -132,18 +144,18 @@ class _Outbox:
                     self._ready.clear()
                     self._idle.set()
                     continue
-                text, size = self._queue[0]
+                message = self._queue[0]
                 timeout = self._stall_timeout()
                 try:
                     async with asyncio.timeout(timeout):
-                        sent = await self._sockets.send(self._ws, text)
+                        sent = await self._sockets.send(self._ws, message)
                 except TimeoutError:
                     self._slow(f"stopped reading: nothing could be sent to it for {timeout:g} s")
                     return
                 if not sent:  # closed or failed: nothing more will go out
                     return
                 self._queue.popleft()
-                self.backlog -= size
+                self.backlog -= len(message)
         finally:
             self._stopped = True
             self._queue.clear()
@@ -154,8 +166,9 @@ class _Outbox:
 class Relay:
     """The tunnel WebSockets of the platform's ``tunnels`` (shared with the REST API, which creates them).
 
-    ``notify`` tells a tunnel's device about it (again) when the application connects
-    first; ``route`` handles each valid frame received (:meth:`route` unless given);
+    ``notify`` sees that a tunnel's device hears of it when the application connects
+    first, and ``device_dropped`` when the device's side leaves an open tunnel (the
+    registry's one-notify-per-tunnel policy); ``route`` handles each valid frame received (:meth:`route` unless given);
     ``platform`` supplies the clock, ``token_ttl``, ``max_message_bytes`` and whether
     it is shutting down, read when needed.
     """
@@ -166,13 +179,15 @@ class Relay:
         tunnels: dict[str, Tunnel],
         *,
         sockets: Sockets,
-        notify: Callable[[Tunnel], Awaitable[bool]],
+        notify: Callable[[Tunnel], Awaitable[None]],
+        device_dropped: Callable[[Tunnel], None],
         route: Callable[[Tunnel, Conn, Frame, str], Awaitable[None]] | None = None,
     ) -> None:
         self._platform = platform
         self._tunnels = tunnels
         self._sockets = sockets
         self._notify = notify
+        self._device_dropped = device_dropped
         self._route = route if route is not None else self.route
         #: Close handshakes of CloseDeviceTunnel and of sides too slow to keep,
         #: running in the background (shutdown awaits them).
@@ -249,7 +264,7 @@ class Relay:
                     ErrorCode.TUNNEL_EXISTS,
                     f"Tunnel {tunnel_id} cannot reopen: device {tunnel.device_id} has open tunnel {other.tunnel_id}.",
                 )
-        ws = await self._sockets.upgrade(request)
+        ws = await self._sockets.upgrade(request, decode_text=False)  # messages as bytes: see the module's doc
         try:
             await self._run_side(tunnel, side, ws, authentic)
         except Exception:
@@ -313,7 +328,7 @@ class Relay:
         if app is not None and device is not None:
             self._post_frame(app, Frame(Op.CONNECT_TUNNEL, self._sockets.ids.next(), None))
         elif side is Side.SOURCE:
-            await self._notify(tunnel)  # the device may have missed or dropped the first notify
+            await self._notify(tunnel)  # the device may have missed the first notify
 
     def detach(self, tunnel: Tunnel, conn: Conn) -> bool:
         """Free ``conn``'s side if it still holds it; True if it did."""
@@ -328,9 +343,12 @@ class Relay:
         if not self.detach(tunnel, conn) or self._platform.closing or tunnel.status != OPEN:
             return
         peer = tunnel.conns[conn.side.peer]
-        if peer is None:
-            return
-        self._post_frame(peer, Frame.disconnect(self._sockets.ids.next(), Status.PEER_GONE, self._left(tunnel, conn)))
+        if peer is not None:
+            self._post_frame(
+                peer, Frame.disconnect(self._sockets.ids.next(), Status.PEER_GONE, self._left(tunnel, conn))
+            )
+        if conn.side is Side.DEVICE:
+            self._device_dropped(tunnel)  # told again if it does not rejoin by itself
 
     @staticmethod
     def _left(tunnel: Tunnel, conn: Conn) -> str:
@@ -366,9 +384,13 @@ class Relay:
         await self._sockets.close_or_abort(conn.ws, CloseCode.INTERNAL_ERROR, reason, _END_GRACE)
 
     def _post(self, conn: Conn, text: str) -> bool:
-        """Queue ``text`` for ``conn`` (never waits); False if it is gone or being dropped."""
+        """Queue ``text`` for ``conn`` (never waits); False if it is gone or being dropped.
+
+        ``text`` is a message received (its bytes decoded with ``surrogateescape``, so
+        encoding it back gives them exactly, valid UTF-8 or not) or one the platform made.
+        """
         box = self._outboxes.get(conn)
-        return box is not None and box.post(text)
+        return box is not None and box.post(text.encode("utf-8", "surrogateescape"))
 
     def _post_frame(self, conn: Conn, frame: Frame) -> bool:
         return self._post(conn, encode_frame(frame))
@@ -386,7 +408,7 @@ class Relay:
     # Relaying
 
     async def _pump(self, tunnel: Tunnel, conn: Conn) -> None:
-        """Read one side until it ends, relaying each valid frame as the exact text received."""
+        """Read one side until it ends, relaying each valid frame as the exact bytes received."""
         ws, label, limit = conn.ws, conn.side.label, self._platform.max_message_bytes
         while True:
             try:
@@ -394,8 +416,8 @@ class Relay:
             except ConnectionResetError:  # dropped while aiohttp answered a ping: the side is gone
                 return
             if msg.type is WSMsgType.TEXT:
-                text: str = msg.data
-                size = len(text.encode("utf-8", "surrogatepass"))
+                raw: bytes = msg.data  # decode_text=False
+                size = len(raw)
                 if size > limit:
                     await self._refuse(
                         tunnel,
@@ -406,7 +428,12 @@ class Relay:
                         f"the {label} sent a message of {size} bytes, over the {limit}-byte limit",
                     )
                     return
+                # surrogateescape: a device's bytes that are not UTF-8 ride in the text as lone
+                # surrogates, and encoding it back (_post) gives the exact bytes received.
+                text = raw.decode("utf-8", "surrogateescape")
                 try:
+                    if conn.side is Side.SOURCE:
+                        require_utf8(raw)  # the application side stays strict (see the module's doc)
                     frame = decode_frame(text, max_bytes=None)
                 except ProtocolError as exc:
                     await self._refuse(
@@ -449,7 +476,11 @@ class Relay:
         await self._refuse(tunnel, conn, exc.code, str(exc), status, message)
 
     async def route(self, tunnel: Tunnel, conn: Conn, frame: Frame, text: str) -> None:
-        """Handle one valid frame from ``conn``: answer a PING, else relay ``text`` to the peer if it may go there."""
+        """Handle one valid frame from ``conn``: answer a PING, else relay ``text`` to the peer if it may go there.
+
+        ``text`` is the message received, its bytes decoded with ``surrogateescape``
+        (not valid UTF-8 from a C SDK device): :meth:`_post` sends those very bytes.
+        """
         if frame.op is Op.PING:
             self._post_frame(conn, Frame(Op.PONG, frame.request_id, None, frame.service_type))
             return

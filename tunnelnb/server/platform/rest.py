@@ -164,7 +164,7 @@ class RestApi:
         )
         self._tunnels[tunnel.tunnel_id] = tunnel
         logger.info("tunnel %s created for device %s", tunnel.tunnel_id, device_id)
-        await self._registry.notify(tunnel)
+        await self._registry.want_notify(tunnel)
         base = ws_base(request)
         return web.json_response(
             {

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from ...protocol.frames import Frame, RequestIds, encode_frame
 from .model import bad_input
@@ -66,9 +66,13 @@ class Sockets:
         #: Each open socket's connection, so one whose peer stopped reading can be cut.
         self._transports: dict[web.WebSocketResponse, asyncio.Transport] = {}
 
-    async def upgrade(self, request: web.Request) -> web.WebSocketResponse:
-        """Accept the request's WebSocket upgrade and track the socket; the caller must :meth:`forget` it."""
-        ws = self._new_ws()
+    async def upgrade(self, request: web.Request, *, decode_text: bool = True) -> web.WebSocketResponse:
+        """Accept the request's WebSocket upgrade and track the socket; the caller must :meth:`forget` it.
+
+        ``decode_text=False``: text messages are received as the bytes they are, not
+        checked as UTF-8 (nor closed with 1007 when they are not): the tunnel relay.
+        """
+        ws = self._new_ws(decode_text)
         if not ws.can_prepare(request).ok:
             raise bad_input("This endpoint accepts only WebSocket upgrade requests.")
         await ws.prepare(request)
@@ -82,22 +86,26 @@ class Sockets:
         self.open.discard(ws)
         self._transports.pop(ws, None)
 
-    def _new_ws(self) -> web.WebSocketResponse:
+    def _new_ws(self, decode_text: bool) -> web.WebSocketResponse:
         # aiohttp's own limit sits well above ours, so oversize messages reach the relay,
         # which closes with a reason and tells the peer.
         return PlatformWebSocket(
             heartbeat=self._platform.heartbeat,
             max_msg_size=4 * self._platform.max_message_bytes + 1024,
             timeout=_WS_CLOSE_TIMEOUT,
+            decode_text=decode_text,
         )
 
     @staticmethod
-    async def send(ws: web.WebSocketResponse, text: str) -> bool:
-        """Send a text message; False if the socket is closed or the send failed."""
+    async def send(ws: web.WebSocketResponse, message: str | bytes) -> bool:
+        """Send a text message (bytes go as they are, valid UTF-8 or not); False if closed or the send failed."""
         if ws.closed:
             return False
         try:
-            await ws.send_str(text)
+            if isinstance(message, bytes):
+                await ws.send_frame(message, WSMsgType.TEXT)
+            else:
+                await ws.send_str(message)
         except (ConnectionError, RuntimeError) as exc:
             logger.debug("send failed: %r", exc)
             return False
