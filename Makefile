@@ -39,6 +39,7 @@ notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/devices_mqtt.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

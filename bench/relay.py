@@ -1,7 +1,7 @@
 """Benchmark: tunnelnb's relay path against a bare two-hop aiohttp WebSocket relay.
 
     .venv/bin/python bench/relay.py [--samples 300] [--mbytes 20] [--repeats 3]
-                                    [--quirks none|c-sdk|csharp-sdk] [--json PATH] [--profile]
+                                    [--quirks none|c-sdk|c-sdk-1.1|csharp-sdk] [--json PATH] [--profile]
 
 Everything runs in one process, on one event loop, on loopback:
 
@@ -171,7 +171,16 @@ class Tunnelnb:
         self.ssh = ssh = await stack.enter_async_context(ShellServer(users={USER: PASSWORD}, cwd=workdir))
         secret = secrets.token_hex(8)
         self.platform.add_device(DEVICE_ID, secret)
-        agent = Agent(self.platform.base_url, DEVICE_ID, secret, ssh_port=ssh.port, heartbeat=None, quirks=self.quirks)
+        # No stray bytes (the c-sdk mode's damage): the benchmark checks every output exactly.
+        agent = Agent(
+            self.platform.base_url,
+            DEVICE_ID,
+            secret,
+            ssh_port=ssh.port,
+            heartbeat=None,
+            quirks=self.quirks,
+            stray_bytes=0,
+        )
         await agent.start()
         stack.push_async_callback(agent.stop)
         await agent.wait_online(10)

@@ -163,7 +163,11 @@ def openssh() -> Iterator[OpenSSHServer]:
 
 @contextlib.contextmanager
 def platform_and_sim_processes(
-    api_token: str, login_password: str, *, devices: int = 3, platform_args: Sequence[str] = (),
+    api_token: str,
+    login_password: str,
+    *,
+    devices: int = 3,
+    platform_args: Sequence[str] = (),
     platform_env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """``tunnelnb platform`` and a healthy ``tunnelnb sim`` of ``devices`` devices as processes; yields the URL."""
@@ -183,7 +187,7 @@ def platform_and_sim_processes(
 
     try:
         url = start(
-            ["platform", "--port", "0", "--log-level", "warning", *platform_args],
+            ["platform", "--port", "0", "--mqtt-port", "0", "--log-level", "warning", *platform_args],
             {"TUNNELNB_API_TOKEN": api_token, **(platform_env or {})},
         )
         line = start(

@@ -1,8 +1,8 @@
 """tunnelnb: operate IoT devices behind Huawei Cloud IoTDA's Secure Tunnel from notebooks.
 
-    fleet = await tunnelnb.connect("http://127.0.0.1:8765", project_id="demo", api_token="…")
-    res = await fleet.run("uptime", targets="device-*", timeout=30)
-    res.df
+fleet = await tunnelnb.connect("http://127.0.0.1:8765", project_id="demo", api_token="…")
+res = await fleet.run("uptime", targets="device-*", timeout=30)
+res.df
 """
 
 from __future__ import annotations

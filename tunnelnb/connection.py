@@ -62,9 +62,18 @@ async def connect(
 
         async def live() -> Fleet:
             return await connect(
-                url, project_id=project_id, api_token=api_token, embedded=embedded, devices=devices, seed=seed,
-                huaweicloud=huaweicloud, instance_id=instance_id, endpoint=endpoint, ca_bundle=ca_bundle,
-                insecure=insecure, **fleet_options,
+                url,
+                project_id=project_id,
+                api_token=api_token,
+                embedded=embedded,
+                devices=devices,
+                seed=seed,
+                huaweicloud=huaweicloud,
+                instance_id=instance_id,
+                endpoint=endpoint,
+                ca_bundle=ca_bundle,
+                insecure=insecure,
+                **fleet_options,
             )
 
         has_live = embedded or bool(huaweicloud or url or os.environ.get("TUNNELNB_URL"))

@@ -13,7 +13,7 @@ import warnings
 
 from .errors import InsecureTLSWarning, TLSConfigError
 
-__all__ = [ "client_ssl", "server_ssl"]
+__all__ = ["client_ssl", "server_ssl"]
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,15 @@ def test_binder_start_runs_the_quickstart_against_its_platform(tmp_path):
         "TUNNELNB_LOGIN_PASSWORD": password,
     }
     proc = subprocess.Popen(
-        ["bash", str(ROOT / "binder" / "start"), sys.executable, "-c", EXECUTE,
-         str(ROOT / "notebooks" / "01-quickstart.ipynb"), str(ROOT / "notebooks")],
+        [
+            "bash",
+            str(ROOT / "binder" / "start"),
+            sys.executable,
+            "-c",
+            EXECUTE,
+            str(ROOT / "notebooks" / "01-quickstart.ipynb"),
+            str(ROOT / "notebooks"),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

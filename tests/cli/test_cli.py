@@ -155,7 +155,7 @@ async def test_platform_and_agent_processes_run_commands_stop_cleanly_and_log_no
     login_password = "cli-pw-" + secrets.token_urlsafe(16)
     device_id = "dev-cli"
 
-    platform_argv = [PYTHON, "-m", "tunnelnb", "platform", "--port", "0", "--log-level", "debug"]
+    platform_argv = [PYTHON, "-m", "tunnelnb", "platform", "--port", "0", "--mqtt-port", "0", "--log-level", "debug"]
     with spawn("platform", platform_argv, tmp_path, clean_env(TUNNELNB_API_TOKEN=api_token)) as plat:
         url = (await plat.wait_line(URL_LINE)).group(0)
         async with RecordingAPI(url, project_id="demo", api_token=api_token, timeout=WAIT) as api:
@@ -224,7 +224,7 @@ async def test_platform_and_agent_processes_run_commands_stop_cleanly_and_log_no
 
 
 async def test_platform_without_token_offers_a_generated_one_on_stdout_only(tmp_path: Path) -> None:
-    argv = [TUNNELNB, "platform", "--port", "0", "--log-level", "debug"]
+    argv = [TUNNELNB, "platform", "--port", "0", "--mqtt-port", "0", "--log-level", "debug"]
     with spawn("platform", argv, tmp_path, clean_env()) as plat:
         token = (await plat.wait_line(TOKEN_LINE)).group(1)
         url = (await plat.wait_line(URL_LINE)).group(0)

@@ -238,7 +238,7 @@ async def test_ok_codes_count_other_exit_statuses_as_success(sim: tuple[str, dic
 
 async def test_platform_and_sim_as_the_readme_starts_them_print_a_few_lines(tmp_path: Path) -> None:
     env = clean_env(TUNNELNB_API_TOKEN=API_TOKEN, TUNNELNB_LOGIN_PASSWORD="ops-pass-" + os.urandom(4).hex())
-    with spawn("platform", [TUNNELNB, "platform", "--port", "0"], tmp_path, env) as plat:
+    with spawn("platform", [TUNNELNB, "platform", "--port", "0", "--mqtt-port", "0"], tmp_path, env) as plat:
         url = (await plat.wait_line(URL_LINE)).group(0)
         sim_argv = [TUNNELNB, "sim", "--platform", url, "--devices", "20", "--backend", "local"]
         with spawn("sim", sim_argv, tmp_path, env) as sim:
@@ -258,7 +258,7 @@ async def test_platform_and_sim_as_the_readme_starts_them_print_a_few_lines(tmp_
 
 async def test_log_level_info_and_access_log_bring_the_lines_back(tmp_path: Path) -> None:
     env = clean_env(TUNNELNB_API_TOKEN=API_TOKEN)
-    argv = [TUNNELNB, "platform", "--port", "0", "--log-level", "info", "--access-log"]
+    argv = [TUNNELNB, "platform", "--port", "0", "--mqtt-port", "0", "--log-level", "info", "--access-log"]
     with spawn("platform", argv, tmp_path, env) as plat:
         url = (await plat.wait_line(URL_LINE)).group(0)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -23,7 +23,7 @@ from tunnelnb.errors import AuthFailed, DeviceOffline, LoginError, TunnelnbError
 from tunnelnb.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES
 from tunnelnb.server.agent import Agent
 
-QUIRKS = ["none", "c-sdk", "csharp-sdk"]
+QUIRKS = ["none", "c-sdk", "c-sdk-1.1", "csharp-sdk"]
 
 
 def _utf8_text(size: int, seed: int = 7) -> str:
@@ -53,7 +53,7 @@ async def _device(devices: Devices, device_id: str, backend: str, ssh_server, **
 @pytest.fixture
 async def session(api: PlatformAPI, devices: Devices, ssh_server, request) -> AsyncIterator[DeviceSession]:
     quirks = getattr(request, "param", "none")
-    await devices.add("dev-1", ssh_port=ssh_server.port, quirks=quirks)
+    await devices.add("dev-1", ssh_port=ssh_server.port, quirks=quirks, stray_bytes=0)
     async with DeviceSession(api, "dev-1") as dev:
         await dev.login(SSH_USER, SSH_PASSWORD)
         yield dev
@@ -90,7 +90,8 @@ async def _check_core_commands(dev: DeviceSession, workdir: Path) -> None:
 
 @pytest.mark.parametrize("quirks", QUIRKS)
 async def test_core_commands_exact_in_every_quirk_mode(api, devices, ssh_server, tmp_path, quirks):
-    await devices.add("dev-q", ssh_port=ssh_server.port, quirks=quirks)
+    # Exact: no stray bytes after the C SDK's full reads (tests/server/test_csdk_quirks.py has them).
+    await devices.add("dev-q", ssh_port=ssh_server.port, quirks=quirks, stray_bytes=0)
     async with DeviceSession(api, "dev-q") as dev:
         await dev.login(SSH_USER, SSH_PASSWORD)
         await _check_core_commands(dev, tmp_path)
@@ -108,7 +109,7 @@ async def test_core_commands_local_shell(api, devices, tmp_path):
 @pytest.mark.openssh
 @pytest.mark.parametrize("quirks", ["none", "c-sdk"])
 async def test_core_commands_through_openssh(api, devices, tmp_path, openssh: OpenSSHServer, quirks):
-    await devices.add("dev-openssh", ssh_host=openssh.host, ssh_port=openssh.port, quirks=quirks)
+    await devices.add("dev-openssh", ssh_host=openssh.host, ssh_port=openssh.port, quirks=quirks, stray_bytes=0)
     workdir = Path("/tmp") / f"tunnelnb-openssh-{quirks}"
     workdir.mkdir(exist_ok=True)
     workdir.chmod(0o777)
@@ -158,8 +159,28 @@ async def test_wrong_password_is_auth_failed_and_others_keep_working(api, device
 async def test_unreachable_ssh_server_is_a_clear_login_error(api, devices):
     await devices.add("dev-nossh", ssh_port=1)  # nothing listens on port 1
     async with DeviceSession(api, "dev-nossh") as dev:
-        with pytest.raises(LoginError, match="cannot reach the SSH server"):
+        with pytest.raises(LoginError) as exc:
             await dev.login(SSH_USER, SSH_PASSWORD)
+    assert str(exc.value) == (
+        "dev-nossh: the device could not open an SSH session (400 cannot reach the SSH server at "
+        "127.0.0.1:1: Connection refused): check the user, the password and its SSH server"
+    )
+
+
+@pytest.mark.parametrize("quirks", ["c-sdk", "c-sdk-1.1"])
+async def test_a_c_sdk_device_refusing_the_login_is_auth_failed(api, devices, ssh_server, quirks):
+    # The C SDK answers every SSH failure with disconnect 400 "Create SSH channel failed"
+    # (wss_client.c): the row says auth_failed and names both causes it can mean.
+    await devices.add("dev-csdk", ssh_port=ssh_server.port, quirks=quirks)
+    async with DeviceSession(api, "dev-csdk") as dev:
+        with pytest.raises(AuthFailed) as exc:
+            await dev.login(SSH_USER, "wrong")
+        assert str(exc.value) == (
+            "dev-csdk: the device could not open an SSH session (400 WssClientListenerOnMsg: Create SSH channel "
+            "failed): wrong user or password, or its SSH server is down"
+        )
+        await dev.login(SSH_USER, SSH_PASSWORD)  # the right password still works on the same tunnel
+        assert (await dev.run("echo fine")).stdout == "fine\n"
 
 
 async def test_offline_device(api, platform, devices):
@@ -223,9 +244,9 @@ async def test_stream_yields_output_as_it_arrives(api, devices, ssh_server):
         assert dev.last_result is not None and dev.last_result.exit_code == 0
 
 
-async def test_c_sdk_lost_output_ends_in_timeout_then_recovers(api, devices, ssh_server):
-    """The C SDK drops a chunk whose JSON overflows 2,304 bytes: a clear timeout, never a hang."""
-    await devices.add("dev-c", ssh_port=ssh_server.port, quirks="c-sdk")
+async def test_c_sdk_1_1_lost_output_ends_in_timeout_then_recovers(api, devices, ssh_server):
+    """The C SDK up to v1.1.3 drops a chunk whose JSON overflows 2,304 bytes: a clear timeout, never a hang."""
+    await devices.add("dev-c", ssh_port=ssh_server.port, quirks="c-sdk-1.1")
     async with DeviceSession(api, "dev-c") as dev:
         await dev.login(SSH_USER, SSH_PASSWORD)
         # 1,500 quotes cost 3,000 bytes of JSON escapes: the chunk with the end marker is dropped

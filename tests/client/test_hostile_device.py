@@ -387,9 +387,7 @@ async def test_the_fake_device_serves_a_device_session(api: PlatformAPI, device:
     async with DeviceSession(api, DEVICE, join_timeout=WAIT) as session:
         await session.login(USER, PASSWORD, timeout=WAIT)
         result = await session.run("echo hello 'quoted' world", timeout=RUN_TIMEOUT)
-        assert (result.status, result.exit_code, result.stdout, result.error) == (
-            "ok", 0, "hello 'quoted' world\n", ""
-        )
+        assert (result.status, result.exit_code, result.stdout, result.error) == ("ok", 0, "hello 'quoted' world\n", "")
         failed = await session.run("false", timeout=RUN_TIMEOUT)
         assert (failed.status, failed.exit_code, failed.stdout) == ("error", 1, "")
         tabbed = await session.run("echo a\tb", timeout=RUN_TIMEOUT)  # typed as a base64 here-document
@@ -444,8 +442,19 @@ def junk(size: int, marker_id: str) -> str:
     """``size`` characters of noise full of near-markers (never this command's begin marker)."""
     rng = random.Random(1)
     pieces = [
-        "__TNB_B_", "__TNB_E_", f"__TNB_E_{marker_id}_0__\n", f"__TNB_B_{marker_id}_", f"__TNB_B_{marker_id}x__\n",
-        "__TNB_B_other__\n", "\x1b[31m", "\x1b]0;title\x07", "\r\n", "\r", "é中😀", "_", "__",
+        "__TNB_B_",
+        "__TNB_E_",
+        f"__TNB_E_{marker_id}_0__\n",
+        f"__TNB_B_{marker_id}_",
+        f"__TNB_B_{marker_id}x__\n",
+        "__TNB_B_other__\n",
+        "\x1b[31m",
+        "\x1b]0;title\x07",
+        "\r\n",
+        "\r",
+        "é中😀",
+        "_",
+        "__",
     ]
     out: list[str] = []
     total = 0
@@ -608,7 +617,7 @@ async def test_disconnect_mid_command_then_a_new_shell(fleet: Fleet, device: Fak
 NOT_FRAMES: dict[str, str | bytes] = {
     "not JSON": "this is not JSON {",
     "truncated JSON": '{"operation_type":"command_response","request_id":"1","data":"abc',
-    "a JSON array": '[1, 2, 3]',
+    "a JSON array": "[1, 2, 3]",
     "a JSON string": '"command_response"',
     "an object without operation_type": '{"hello": "world"}',
     "an unknown operation": json.dumps({"operation_type": "reboot", "request_id": "1", "data": None}),
@@ -658,8 +667,13 @@ ODD_FRAMES: dict[str, Callable[[str], str]] = {
     "empty output": lambda rid: encode_frame(Frame(Op.COMMAND_RESPONSE, rid, "")),
     "pretty-printed output": lambda rid: encode_frame(Frame(Op.COMMAND_RESPONSE, rid, "middle\n"), pretty=True),
     "extra fields and another service": lambda rid: json.dumps(
-        {"operation_type": "command_response", "tunnel_service_type": "rdp", "request_id": "", "data": "more\n",
-         "extra": {"nested": [None, True]}}
+        {
+            "operation_type": "command_response",
+            "tunnel_service_type": "rdp",
+            "request_id": "",
+            "data": "more\n",
+            "extra": {"nested": [None, True]},
+        }
     ),
     "a connect_tunnel from the device": lambda rid: encode_frame(Frame(Op.CONNECT_TUNNEL, rid, None)),
     "a command from the device": lambda rid: encode_frame(Frame.command(rid, "rm -rf /\n")),

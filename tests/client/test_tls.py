@@ -40,9 +40,7 @@ def make_ca_and_leaf(tmp: Path) -> tuple[Path, Path, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -61,9 +59,7 @@ def make_ca_and_leaf(tmp: Path) -> tuple[Path, Path, Path]:
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     paths = tmp / "ca.pem", tmp / "leaf.pem", tmp / "leaf.key"
@@ -148,7 +144,20 @@ async def test_cli_platform_on_https_and_an_agent_with_a_ca_bundle(certs, tmp_pa
     ca, leaf, key = certs
     env = {**os.environ, "TUNNELNB_API_TOKEN": API_TOKEN, "TUNNELNB_DEVICE_SECRET": "dev-secret",
            "TUNNELNB_LOGIN_PASSWORD": "pw"}  # fmt: skip
-    platform_argv = [TUNNELNB, "platform", "--port", "0", "--tls-cert", str(leaf), "--tls-key", str(key)]
+    platform_argv = [
+        TUNNELNB,
+        "platform",
+        "--port",
+        "0",
+        "--mqtt-port",
+        "0",
+        "--mqtts-port",
+        "0",
+        "--tls-cert",
+        str(leaf),
+        "--tls-key",
+        str(key),
+    ]
     with spawn("platform", platform_argv, tmp_path, env) as platform:
         url = (await platform.wait_line(re.compile(r"https://127\.0\.0\.1:\d+"))).group(0)
         verify = client_ssl(str(ca))

@@ -35,12 +35,23 @@ async def test_every_device_gets_a_row(fleet: Fleet):
     res = await fleet.run("echo hello; (exit 0)", timeout=10)
     df = res.df
     assert list(df.columns) == [
-        "device_id", "command", "status", "exit_code", "stdout", "duration_s", "started_at", "error"
+        "device_id",
+        "command",
+        "status",
+        "exit_code",
+        "stdout",
+        "duration_s",
+        "started_at",
+        "error",
     ]
     status = dict(zip(df.device_id, df.status, strict=True))
     assert status == {
-        "device-01": "ok", "device-02": "ok", "device-03": "ok", "device-04": "ok",
-        "device-05": "auth_failed", "device-06": "offline",
+        "device-01": "ok",
+        "device-02": "ok",
+        "device-03": "ok",
+        "device-04": "ok",
+        "device-05": "auth_failed",
+        "device-06": "offline",
     }
     assert set(df[df.status == "ok"].stdout) == {"hello\n"}
     assert "wrong user name or password" in df.set_index("device_id").loc["device-05", "error"]

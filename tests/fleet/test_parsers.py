@@ -595,7 +595,13 @@ def test_devices_with_no_rows_keep_one_empty_row() -> None:
 def test_parsed_columns_named_like_ours_are_renamed() -> None:
     frame = parse_results([result("gw-1", '{"device_id": "sensor-7", "parse_error": 0, "status": "up"}')], "json")
     assert list(frame.columns) == [
-        "device_id", "status", "error", "device_id_parsed", "parse_error_parsed", "status_parsed", "parse_error"
+        "device_id",
+        "status",
+        "error",
+        "device_id_parsed",
+        "parse_error_parsed",
+        "status_parsed",
+        "parse_error",
     ]
     assert frame.iloc[0].tolist() == ["gw-1", "ok", "", "sensor-7", 0, "up", ""]
 

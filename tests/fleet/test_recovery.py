@@ -174,7 +174,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, procs: Pro
 async def start_platform(procs: Procs, port: int = 0) -> tuple[Proc, str, int]:
     """``tunnelnb platform`` on ``port``; retried while a just-killed one's port is still taken."""
     deadline = time.monotonic() + WAIT
-    args = ["platform", "--port", str(port), "--project-id", PROJECT, "--log-level", "warning"]
+    args = ["platform", "--port", str(port), "--mqtt-port", "0", "--project-id", PROJECT, "--log-level", "warning"]
     while True:
         proc = procs.spawn("platform", args, clean_env(TUNNELNB_API_TOKEN=API_TOKEN))
         while True:

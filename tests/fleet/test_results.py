@@ -236,10 +236,12 @@ def test_repr_is_a_text_table(fleet: Results) -> None:
 
 
 def test_repr_cuts_wide_values_and_shows_commands_that_differ() -> None:
-    res = Results([
-        make("a", "x" * 200 + "\nsecond line\n", error="e" * 200, command="uptime\n"),
-        make("b", "", ResultStatus.AUTH_FAILED, None, error="SSH login refused", command="df -h\n"),
-    ])
+    res = Results(
+        [
+            make("a", "x" * 200 + "\nsecond line\n", error="e" * 200, command="uptime\n"),
+            make("b", "", ResultStatus.AUTH_FAILED, None, error="SSH login refused", command="df -h\n"),
+        ]
+    )
     lines = repr(res).split("\n")
     assert lines[0] == "<Results: 2 devices · ran: 1 ok · did not run: 1 auth_failed · 0.5 s>"
     assert lines[1].split() == ["device_id", "command", "status", "exit", "duration", "stdout", "error"]
@@ -385,7 +387,7 @@ def test_html_keeps_output_lines_whole_says_binary_and_counts_rows_in_words():
         CommandResult("device-02", "cat conf", "ok", 0, "\x00\x01\x02\x03garbage", 0.1, now),
     ]
     html = Results(rows).to_html(max_rows=1)
-    assert 'white-space:pre;overflow-x:auto' in html and "pre-wrap" not in html
+    assert "white-space:pre;overflow-x:auto" in html and "pre-wrap" not in html
     assert "… 1 more row: see <code>.df</code>" in html
     assert "binary output, 11 bytes" in Results(rows).to_html()
     assert "\x00" not in Results(rows).to_html()

@@ -143,7 +143,10 @@ def test_ps_gnu_and_busybox() -> None:
 def test_ip_addr_one_row_per_address() -> None:
     rows = parse_output("ip-addr", IP_ADDR)
     assert [(r["ifname"], r["address"]) for r in rows] == [
-        ("lo", "127.0.0.1"), ("lo", "::1"), ("ifb0", None), ("eth0", "192.0.2.2")
+        ("lo", "127.0.0.1"),
+        ("lo", "::1"),
+        ("ifb0", None),
+        ("eth0", "192.0.2.2"),
     ]
     eth0 = rows[-1]
     assert eth0["prefixlen"] == 24 and eth0["mtu"] == 1400 and eth0["state"] == "UP" and eth0["scope"] == "global"

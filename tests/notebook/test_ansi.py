@@ -115,8 +115,10 @@ def test_only_our_own_tags_come_out():
     nasty = f"{ESC}[31m</span><script>{ESC}]8;;javascript:alert(1){ESC}\\link{ESC}]8;;{ESC}\\</pre>\n"
     html = screen_of(nasty).to_html()
     tags = re.findall(r"<[^>]*>", html)
-    assert all(re.fullmatch(r'<pre class="tunnelnb-terminal" style="[^"]*">|</pre>|<span style="[^"]*">|</span>', t)
-               for t in tags), tags
+    assert all(
+        re.fullmatch(r'<pre class="tunnelnb-terminal" style="[^"]*">|</pre>|<span style="[^"]*">|</span>', t)
+        for t in tags
+    ), tags
     assert html.count("<span") == html.count("</span>") == 1
 
 
@@ -149,8 +151,7 @@ def test_basic_colours(n):
 
 def test_attributes_on_and_off():
     s = screen_of(
-        f"{ESC}[1mB{ESC}[22m{ESC}[2mD{ESC}[22m{ESC}[3mI{ESC}[23m{ESC}[4mU{ESC}[24m"
-        f"{ESC}[1;3;4mall{ESC}[22;23;24mnone"
+        f"{ESC}[1mB{ESC}[22m{ESC}[2mD{ESC}[22m{ESC}[3mI{ESC}[23m{ESC}[4mU{ESC}[24m{ESC}[1;3;4mall{ESC}[22;23;24mnone"
     )
     assert spans(s) == [
         ("font-weight:bold", "B"),

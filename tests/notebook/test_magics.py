@@ -86,7 +86,9 @@ def test_parse_regex_with_a_quoted_pattern_and_failed_devices(ip):
     # A failed device keeps its row, unparsed, with its status and error.
     failed = run(ip, "%%tunnel device-01 --parse kv\necho a=1; (exit 2)").result
     assert (list(failed.device_id), list(failed.status), list(failed.error)) == (
-        ["device-01"], ["error"], ["exit status 2"]
+        ["device-01"],
+        ["error"],
+        ["exit status 2"],
     )
     assert "a" not in failed or failed.a.isna().all()
 
@@ -216,13 +218,13 @@ def test_status_and_devices_read_as_text_in_terminal_ipython(ip):
     assert ip.display_formatter.format(other)[0]["text/plain"] == repr(other)
 
 
-
 def test_live_output_has_no_colour_codes_outside_a_terminal(ip, capsys):
     """Issue 15: colour only on a terminal; pytest's captured stdout is not one."""
     capsys.readouterr()
     run(ip, "%tunnel device-0[1-2] -- echo plain")
     out = capsys.readouterr().out
     assert "│ plain" in out and "\x1b[" not in out
+
 
 def test_close_all_then_not_connected(ip):
     shell = ip

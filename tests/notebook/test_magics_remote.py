@@ -42,8 +42,10 @@ def test_connect_to_a_url_login_from_env_and_nothing_secret_is_shown(remote, mon
         printed = capsys.readouterr()
         assert "token ****" in printed.out
         assert set(values[3].df.stdout) == {"remote-42\n"}
-        shown = printed.out + printed.err + "".join(
-            v.to_html() if hasattr(v, "to_html") else repr(v) for v in values if v is not None
+        shown = (
+            printed.out
+            + printed.err
+            + "".join(v.to_html() if hasattr(v, "to_html") else repr(v) for v in values if v is not None)
         )
         inputs = "\n".join(ip.history_manager.input_hist_raw)
         for secret in (TOKEN, PASSWORD):

@@ -26,7 +26,9 @@ from tunnelnb.protocol.frames import (
     decode_frame,
     encode_frame,
     encoded_size,
+    require_utf8,
 )
+from tunnelnb.protocol.shell import TerminalText
 
 SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
@@ -347,17 +349,62 @@ def test_disconnect_bad_status_fields(value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "message",
+    ("message", "field", "raw"),
     [
-        b'{"operation_type":"ping","request_id":"\xff"}',
-        b'{"operation_type":"command","request_id":"r","data":"\xe6\x97"}',  # truncated character
-        b'{"operation_type":"command","request_id":"r","data":"\xed\xb2\x80"}',  # encoded surrogate
-        b'{"operation_type":"command","request_id":"r","data":"\xc0\xaf"}',  # overlong
-        b"\x80",
+        (b'{"operation_type":"ping","request_id":"\xff"}', "request_id", b"\xff"),
+        (b'{"operation_type":"command","request_id":"r","data":"\xe6\x97"}', "data", b"\xe6\x97"),  # truncated
+        (b'{"operation_type":"command","request_id":"r","data":"\xed\xb2\x80"}', "data", b"\xed\xb2\x80"),  # surrogate
+        (b'{"operation_type":"command","request_id":"r","data":"\xc0\xaf"}', "data", b"\xc0\xaf"),  # overlong
     ],
 )
-def test_invalid_utf8_bytes(message: bytes) -> None:
-    assert "not valid UTF-8" in err(message)
+def test_invalid_utf8_bytes_are_carried_not_refused(message: bytes, field: str, raw: bytes) -> None:
+    # The C SDK copies raw terminal bytes into its JSON: each byte that is not UTF-8
+    # becomes a lone surrogate \udc80-\udcff, as a \udcXX escape of encode_frame would.
+    value = getattr(decode_frame(message), field)
+    assert value.encode("utf-8", "surrogateescape") == raw
+    assert all("\udc80" <= c <= "\udcff" for c in value)
+    with pytest.raises(ProtocolError, match="not valid UTF-8"):
+        require_utf8(message)  # for whoever must refuse them (the platform, from an application)
+
+
+def test_invalid_utf8_outside_a_string_is_not_json() -> None:
+    assert "not JSON" in err(b"\x80")
+    assert "not JSON" in err(b'{"operation_type":\xff"ping","request_id":"r"}')
+    require_utf8(encode_frame(Frame.command("r", "\udc80 é")).encode())  # escapes: valid UTF-8
+
+
+def test_a_character_split_between_two_raw_c_sdk_messages_is_reassembled() -> None:
+    def c_sdk(raw: bytes) -> bytes:  # pretty JSON with the bytes copied raw, as cJSON prints them
+        text = raw.decode("utf-8", "surrogateescape")
+        return json.dumps(
+            {"operation_type": "command_response", "tunnel_service_type": "ssh", "request_id": "r", "data": text},
+            indent="\t",
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogateescape")
+
+    output = "é中\r\n".encode() * 3
+    first, second = c_sdk(output[:4]), c_sdk(output[4:] + b"\xff")  # 中 split; then a byte that is no character
+    assert b'\xe4\xb8"' in first and not any(_valid_utf8(m) for m in (first, second))
+    term = TerminalText()
+    text = term.feed(decode_frame(first).data) + term.feed(decode_frame(second).data) + term.flush()
+    assert text == "é中\n" * 3 + "\ufffd"
+
+
+def _valid_utf8(message: bytes) -> bool:
+    try:
+        message.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@SETTINGS
+@given(st.binary(max_size=80))
+def test_raw_bytes_in_a_message_come_back_exactly(raw: bytes) -> None:
+    text = raw.decode("utf-8", "surrogateescape")
+    message = json.dumps({"operation_type": "command_response", "request_id": "r", "data": text}, ensure_ascii=False)
+    frame = decode_frame(message.encode("utf-8", "surrogateescape"), max_bytes=None)
+    assert frame.data.encode("utf-8", "surrogateescape") == raw
 
 
 def test_oversize_message() -> None:

@@ -448,7 +448,7 @@ async def test_c_sdk_quirk(fake_platform: FakePlatform, make_agent) -> None:
 
     # Today's C SDK prints each chunk into a buffer of its size: nothing is lost.
     await dev.send(Frame.command("k3", "head -c 6000 /dev/zero | tr '\\0' '\\042'; sleep 0.3; echo; echo af''ter\n"))
-    text, frames = await dev.output_until("after")
+    text, _ = await dev.output_until("after")
     assert text.count('"') == 6000
 
 
@@ -467,7 +467,7 @@ async def test_c_sdk_1_1_quirk_drops_what_overflows_its_buffer(fake_platform: Fa
     # A chunk whose JSON does not fit v1.1's 2,304-byte buffer is silently lost:
     # 2,048 quotes escape to 4,096 bytes.
     await dev.send(Frame.command("k3", "head -c 6000 /dev/zero | tr '\\0' '\\042'; sleep 0.3; echo; echo af''ter\n"))
-    text, frames = await dev.output_until("after")
+    text, _ = await dev.output_until("after")
     assert text.count('"') < 6000
     assert all(len(wire) < 2304 for wire in dev.wire)  # its NUL makes the 2,304th byte
 

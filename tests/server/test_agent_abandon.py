@@ -69,9 +69,7 @@ async def agent(platform: Platform) -> AsyncIterator[Agent]:
         await agent.stop()
 
 
-async def _start_flood(
-    api: PlatformAPI, http: aiohttp.ClientSession, marker: str
-) -> aiohttp.ClientWebSocketResponse:
+async def _start_flood(api: PlatformAPI, http: aiohttp.ClientSession, marker: str) -> aiohttp.ClientWebSocketResponse:
     """An application: open a tunnel, log in, start ``yes`` and read some of its output."""
     grant = await api.add_tunnel("dev-1")
     ws = await http.ws_connect(grant.tunnel_uri, headers={"tunnel_access_token": grant.token})

@@ -41,8 +41,19 @@ def _login_account() -> pwd.struct_passwd:
 
 def _spawn_agent(url: str, device_id: str, secrets_: dict[str, str]) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [TUNNELNB, "agent", "--platform", url, "--device-id", device_id, "--local-shell",
-         "--login-user", LOGIN_USER, "--log-level", "warning"],
+        [
+            TUNNELNB,
+            "agent",
+            "--platform",
+            url,
+            "--device-id",
+            device_id,
+            "--local-shell",
+            "--login-user",
+            LOGIN_USER,
+            "--log-level",
+            "warning",
+        ],
         env={**os.environ, **secrets_},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

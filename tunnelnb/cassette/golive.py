@@ -125,9 +125,7 @@ class LiveBranch:
             self._rec.writer.close()
 
 
-async def join_live(
-    sock: TunnelSocket, connect_text: str | None, marker: str, timeout: float = RESUME_TIMEOUT
-) -> None:
+async def join_live(sock: TunnelSocket, connect_text: str | None, marker: str, timeout: float = RESUME_TIMEOUT) -> None:
     """Wait until the device joins a live tunnel; then log in with ``connect_text`` and quieten the shell."""
 
     async def until(*ops: Op) -> Frame:

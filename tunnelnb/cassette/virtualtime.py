@@ -57,9 +57,7 @@ class VirtualTime:
     device's virtual time on to ``t`` before one of its timers fires.
     """
 
-    def __init__(
-        self, deliver: Callable[[float | None], bool], advance: Callable[[str | None, float], None]
-    ) -> None:
+    def __init__(self, deliver: Callable[[float | None], bool], advance: Callable[[str | None, float], None]) -> None:
         self._deliver = deliver
         self._advance = advance
         self._timers: list[tuple[float, int, Timer]] = []

@@ -125,7 +125,7 @@ def start_child(
     for its ready line; otherwise it shares the demo's stdout.
     """
     stdout_path = stdout_dir / f"{name}.out" if stdout_dir else None
-    with (open(stdout_path, "wb") if stdout_path else contextlib.nullcontext()) as out:
+    with open(stdout_path, "wb") if stdout_path else contextlib.nullcontext() as out:
         popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, env=env, start_new_session=True)
     return Child(name, popen, stdout_path, stop_timeout)
 
@@ -371,7 +371,7 @@ class Credentials:
 
 
 def start_platform(creds: Credentials, workdir: Path) -> Child:
-    argv = [*TUNNELNB, "platform", "--host", "127.0.0.1", "--port", "0", "--log-level", "error"]
+    argv = [*TUNNELNB, "platform", "--host", "127.0.0.1", "--port", "0", "--mqtt-port", "0", "--log-level", "error"]
     env = {**base_env(), "TUNNELNB_API_TOKEN": creds.api_token}
     return start_child("platform", argv, env, stdout_dir=workdir, stop_timeout=5.0)
 
@@ -463,7 +463,7 @@ def watch(children: Sequence[Child], flag: _StopFlag) -> int:
 
 COMMANDS = [
     "uname -a",
-    "echo \"hello from $(hostname) — $(date -u +%Y-%m-%dT%H:%M:%SZ)\"",
+    'echo "hello from $(hostname) — $(date -u +%Y-%m-%dT%H:%M:%SZ)"',
     "cd /tmp && pwd",
     "pwd  # the shell persists between commands",
     "ls /nonexistent",

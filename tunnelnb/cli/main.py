@@ -209,6 +209,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="0,1",
         help="exit codes that count as success (default 0), e.g. 0,1 for grep",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="exact output from devices that damage it (the C SDK's): sent checksummed, damaged parts read again",
+    )
     cloud = p.add_argument_group(
         "Huawei Cloud IoTDA (pip install 'tunnelnb[huaweicloud]'; AK/SK from $HUAWEICLOUD_SDK_AK / _SK, "
         "project from --project-id or $HUAWEICLOUD_SDK_PROJECT_ID)"

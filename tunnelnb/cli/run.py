@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import getpass
 import os
+import re
 import sys
 import time
 import warnings
@@ -147,6 +148,7 @@ def run_command(args: argparse.Namespace, command: str) -> int:
                     concurrency=args.concurrency,
                     on_result=progress.update,
                     ok_codes=args.ok_codes,
+                    verify=args.verify,
                 )
             except asyncio.CancelledError:
                 if fleet.last_results is not None:
@@ -176,11 +178,24 @@ def run_command(args: argparse.Namespace, command: str) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(value: object) -> object:
+    if isinstance(value, str) and _SURROGATE.search(value):
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    return value
+
+
 def _print(results: Results, fmt: str, stream: TextIO) -> None:
     """The rows in ``fmt``: JSON and CSV keep every device's text, with control characters escaped."""
     if fmt == "json":
-        # to_json escapes C0 controls and non-ASCII; DEL is the one control it leaves raw.
-        text = results.df.to_json(orient="records", date_format="iso", indent=1).replace("\x7f", "\\u007f")
+        # to_json escapes C0 controls and non-ASCII; DEL is the one control it leaves raw.  Bytes that are
+        # not UTF-8 (lone surrogates in a verified run's binary output) cannot be JSON text: escaped as \udcXX.
+        df = results.df.copy()
+        for column in ("command", "stdout", "error"):
+            df[column] = df[column].map(_escape_surrogates)
+        text = df.to_json(orient="records", date_format="iso", indent=1).replace("\x7f", "\\u007f")
         stream.write(text + "\n")
     elif fmt == "csv":
         df = results.df.copy()

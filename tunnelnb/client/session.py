@@ -24,6 +24,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..errors import (
     AuthFailed,
@@ -34,7 +35,7 @@ from ..errors import (
     TunnelError,
     TunnelnbError,
 )
-from ..protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, Frame, Status
+from ..protocol.frames import C_SDK_SSH_FAILED, DEFAULT_MAX_MESSAGE_BYTES, Frame, Status
 from ..protocol.shell import (
     CommandParser,
     Finished,
@@ -57,6 +58,7 @@ from .recovery import (
 from .result import CommandResult, ResultStatus
 from .shellsync import ShellEvents, sync_shell
 from .state import Event, SessionState
+from .verified import remove_temp_files, run_verified
 
 __all__ = ["NOTE_NEW_SHELL", "NOTE_NEW_TUNNEL", "NOTE_SHELL_RESTARTED", "DeviceSession"]
 
@@ -112,6 +114,7 @@ class DeviceSession(TunnelLink):
         self._term = TerminalText(strip_escapes=False)
         self._lock = asyncio.Lock()
         self._credentials: tuple[str, str] | None = None
+        self._temp_files: list[str] = []  # marker ids of verified runs whose temporary files may be left
         self.last_result: CommandResult | None = None
 
     def __repr__(self) -> str:
@@ -141,8 +144,19 @@ class DeviceSession(TunnelLink):
             error: TunnelnbError = AuthFailed(f"{self.device_id}: {msg}", code)
         elif logging_in and left:
             error = DeviceDisconnected(f"{self.device_id} left the tunnel during the login: {msg}", code)
+        elif logging_in and code == Status.CHANNEL_FAILED and C_SDK_SSH_FAILED in msg:
+            # The C SDK's one answer to every SSH failure (wss_client.c); most often a wrong password.
+            error = AuthFailed(
+                f"{self.device_id}: the device could not open an SSH session ({code} {msg}): "
+                "wrong user or password, or its SSH server is down",
+                code,
+            )
         elif logging_in:
-            error = LoginError(f"{self.device_id}: login failed: {msg}", code)
+            error = LoginError(
+                f"{self.device_id}: the device could not open an SSH session ({code} {msg}): "
+                "check the user, the password and its SSH server",
+                code,
+            )
         else:
             error = DeviceDisconnected(f"{self.device_id} disconnected: {msg}", code)
         self.last_error = str(error)
@@ -290,6 +304,7 @@ class DeviceSession(TunnelLink):
         command: str,
         *,
         timeout: float = 30.0,
+        verify: bool = False,
         on_output: Callable[[str], None] | None = None,
     ) -> CommandResult:
         """Run ``command`` in the device's shell; the result's status says how it went.
@@ -299,6 +314,14 @@ class DeviceSession(TunnelLink):
         ``error`` (a new shell has lost ``cd`` and variables).  Cancelling
         interrupts the command on the device (Ctrl-C) and re-raises
         :class:`asyncio.CancelledError`.
+
+        ``verify=True`` (for devices that damage output, like the C SDK's): the
+        device keeps the output in a temporary file and sends it checksummed;
+        damaged blocks are read again (:mod:`tunnelnb.client.verified`), and the
+        result's ``stdout`` holds the exact bytes (``.encode("utf-8",
+        "surrogateescape")`` gives them back), or the status is ``error`` with
+        ``output damaged in transit``.  Nothing is streamed: ``on_output`` gets
+        nothing, and ``timeout`` applies to the run and to each re-read.
         """
         started_at = self._clock.now()
         t0 = self._clock.monotonic()
@@ -313,6 +336,9 @@ class DeviceSession(TunnelLink):
 
         async with self._lock:
             failed = await self._prepare(timeout)
+            if failed is None and self._temp_files:  # left by verified runs that timed out or were cancelled
+                await self._remove_temp_files()
+                failed = await self._prepare(timeout)
             if failed is not None:
                 return result(failed[0], error=failed[1])
             chunks: list[str] = []
@@ -323,13 +349,18 @@ class DeviceSession(TunnelLink):
                     on_output(text)
 
             try:
-                finished = await self._execute(command, timeout, on_output=collect)
+                if verify:
+                    try:
+                        return result(*await run_verified(self._execute, command, timeout, self._temp_files))
+                    finally:
+                        await self._remove_temp_files()
+                finished = await self._execute(partial(command_script, command=command), timeout, on_output=collect)
+                assert finished is not None
             except TimeoutError:
                 return result(
                     ResultStatus.TIMEOUT,
                     stdout=strip_escapes("".join(chunks)),
-                    error=f"no end of output within {timeout:g} s (still running, or output was lost); "
-                    "sent Ctrl-C",
+                    error=f"no end of output within {timeout:g} s (still running, or output was lost); sent Ctrl-C",
                 )
             except (DeviceDisconnected, TunnelError) as exc:
                 return result(ResultStatus.DISCONNECTED, stdout=strip_escapes("".join(chunks)), error=str(exc))
@@ -356,17 +387,38 @@ class DeviceSession(TunnelLink):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _execute(self, command: str, timeout: float, *, on_output: Callable[[str], None] | None) -> Finished:
-        """Frame, send and await one command (READY → RUNNING → READY); returns its end marker."""
+    async def _execute(
+        self,
+        script: Callable[[str], str],
+        timeout: float,
+        *,
+        on_output: Callable[[str], None] | None,
+        settled: Callable[[], bool] | None = None,
+        grace: float = 0.0,
+    ) -> Finished | None:
+        """Type ``script(marker_id)`` and await its end marker (READY → RUNNING → READY).
+
+        Once ``settled()`` says the output is complete, the end marker gets at
+        most ``grace`` more seconds; if it does not come (lost on the way), the
+        command is done all the same and the answer is None.
+        """
         marker = new_marker_id(next(self._marker_seq), self._tag)
         running = _Running(CommandParser(marker))
         self._running = running
         self._process(Event.RUN)
         try:
-            await self._send_text(command_script(marker, command))
+            await self._send_text(script(marker))
             async with self._clock.timeout(timeout):
                 while True:
-                    event = await running.events.get()
+                    if settled is not None and settled():
+                        try:
+                            async with self._clock.timeout(grace):
+                                event = await running.events.get()
+                        except TimeoutError:
+                            self._process_if(SessionState.RUNNING, Event.DONE)
+                            return None
+                    else:
+                        event = await running.events.get()
                     if isinstance(event, BaseException):
                         raise event
                     if isinstance(event, Finished):
@@ -383,6 +435,11 @@ class DeviceSession(TunnelLink):
             self._running = None
             # Failed to send, or a failure came through the events: the shell's state is unknown.
             self._process_if(SessionState.RUNNING, Event.INTERRUPTED)
+
+    async def _remove_temp_files(self) -> None:
+        """Delete what verified runs left on the device, if its shell answers; best effort, never raising."""
+        if self._temp_files and self.state is SessionState.READY:
+            await remove_temp_files(self._execute, self._temp_files)
 
     async def _interrupt(self) -> None:
         """Ctrl-C on the device, best effort, even while being cancelled."""

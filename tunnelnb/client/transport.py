@@ -21,6 +21,7 @@ __all__ = ["TunnelSocket", "WebSocketLike", "tunnel_closed"]
 
 log = logging.getLogger(__name__)
 
+
 def tunnel_closed(code: int | None, reason: str = "") -> TunnelClosed:
     """The error for a WebSocket that closed with ``code``; ``final`` when reconnecting makes no sense."""
     return TunnelClosed(code, reason, _close_message(code, reason), final=code in FINAL_CLOSE_CODES)
@@ -145,7 +146,6 @@ class TunnelSocket:
                 await self._ws.close(code=code)
             except (ConnectionResetError, aiohttp.ClientConnectionError):
                 pass
-
 
 
 def _strip_query(uri: str) -> str:

@@ -24,6 +24,7 @@ from .runner import ThreadLoopRunner
 
 __all__ = ["SyncFleet"]
 
+
 class SyncFleet:
     """A :class:`~tunnelnb.fleet.fleet.Fleet` whose methods block."""
 
@@ -62,8 +63,9 @@ class SyncFleet:
         on_output: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
         ok_codes: Iterable[int] = DEFAULT_OK_CODES,
+        verify: bool = False,
     ) -> Results:
-        """Like :meth:`Fleet.run` (``ok_codes`` too); Ctrl-C cancels the run and returns its rows (``cancelled``)."""
+        """Like :meth:`Fleet.run` (every option); Ctrl-C cancels the run and returns its rows (``cancelled``)."""
         run = self.fleet.run(
             command,
             targets,
@@ -72,6 +74,7 @@ class SyncFleet:
             on_output=on_output,
             on_result=on_result,
             ok_codes=ok_codes,
+            verify=verify,
         )
         try:
             return self._runner.run(run)

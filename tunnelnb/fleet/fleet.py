@@ -53,6 +53,7 @@ RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command",
 OutputCallback = Callable[[str, str], None]
 ResultCallback = Callable[[CommandResult], None]
 
+
 class Fleet:
     """The devices of one platform project, ready for commands.
 
@@ -184,8 +185,10 @@ class Fleet:
                 if password is None and not replaying:
                     raise TunnelnbError(f"environment variable {password_env} is not set: export it, or omit it")
             if password is None:
-                password = PASSWORD_PLACEHOLDER if replaying else getpass.getpass(
-                    f"password for {user} on {len(ids)} device(s): "
+                password = (
+                    PASSWORD_PLACEHOLDER
+                    if replaying
+                    else getpass.getpass(f"password for {user} on {len(ids)} device(s): ")
                 )
             self._logins.set(ids, user, password)
         if concurrency is None:
@@ -204,12 +207,14 @@ class Fleet:
         on_output: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
         ok_codes: Iterable[int] = DEFAULT_OK_CODES,
+        verify: bool = False,
     ) -> Results:
         """Run ``command`` on every target; one row per device, whatever happens.
 
         ``ok_codes`` lists the exit statuses that make a row ``ok`` (its ``exit_code``
         is kept): ``(0, 1)`` for ``grep``, which exits 1 when it finds nothing; any
-        other status is ``error``.
+        other status is ``error``.  ``verify=True`` gets exact output from devices that damage it
+        (:meth:`DeviceSession.run`; no live output) or says ``output damaged in transit``.
 
         ``on_output(device_id, text)`` sees output as it arrives, ``on_result(row)``
         each device's row as soon as it is done (for progress displays).  Cancelling
@@ -222,7 +227,14 @@ class Fleet:
         codes = check_ok_codes(ok_codes)
         ids = self.select(targets)
         return await self._fan_out(
-            command, ids, timeout, on_output, concurrency=concurrency, on_result=on_result, ok_codes=codes
+            command,
+            ids,
+            timeout,
+            on_output,
+            concurrency=concurrency,
+            on_result=on_result,
+            ok_codes=codes,
+            verify=verify,
         )
 
     async def _fan_out(
@@ -236,6 +248,7 @@ class Fleet:
         login_only: bool = False,
         on_result: ResultCallback | None = None,
         ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
+        verify: bool = False,
     ) -> Results:
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -255,7 +268,7 @@ class Fleet:
         async def one(device_id: str) -> None:
             async with limit:
                 rows[device_id] = row = await self._run_one(
-                    device_id, command, timeout, on_output, login_only, progress, ok_codes
+                    device_id, command, timeout, on_output, login_only, progress, ok_codes, verify
                 )
             if on_result is not None:
                 on_result(row)
@@ -302,12 +315,13 @@ class Fleet:
         login_only: bool,
         progress: dict[str, Partial],
         ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
+        verify: bool = False,
     ) -> CommandResult:
         self._running[device_id] = command
         self._changed(device_id)
         try:
             result = await self._run_one_row(
-                device_id, command, timeout, on_output, login_only, progress, ok_codes
+                device_id, command, timeout, on_output, login_only, progress, ok_codes, verify
             )
         except asyncio.CancelledError:
             raise
@@ -344,6 +358,7 @@ class Fleet:
         login_only: bool,
         progress: dict[str, Partial],
         ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
+        verify: bool = False,
     ) -> CommandResult:
         RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
         clock = self.api.clock_for(device_id)
@@ -384,16 +399,15 @@ class Fleet:
                 except TunnelnbError as exc:  # LoginError, or the session closed or dropped meanwhile
                     return row(ResultStatus.DISCONNECTED, str(exc))
             if login_only:
-                return CommandResult(
-                    device_id, command, ResultStatus.OK, 0, "", clock.monotonic() - t0, started_at, ""
-                )
+                return CommandResult(device_id, command, ResultStatus.OK, 0, "", clock.monotonic() - t0, started_at, "")
+
             def callback(text: str) -> None:
                 done.chunks.append(text)
                 if on_output is not None:
                     on_output(device_id, text)
 
             try:
-                result = await session.run(command, timeout=timeout, on_output=callback)
+                result = await session.run(command, timeout=timeout, on_output=callback, verify=verify)
             except asyncio.CancelledError:
                 raise
             except TunnelnbError as exc:

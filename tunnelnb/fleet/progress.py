@@ -30,9 +30,7 @@ class LiveOutput:
     cannot flood a notebook; the results table still has everything.
     """
 
-    def __init__(
-        self, stream: TextIO, device_ids: list[str], *, max_lines: int = 1000, colour: bool = True
-    ) -> None:
+    def __init__(self, stream: TextIO, device_ids: list[str], *, max_lines: int = 1000, colour: bool = True) -> None:
         self.stream = stream
         self.max_lines = max_lines
         self.lines = 0

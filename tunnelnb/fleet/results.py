@@ -22,9 +22,7 @@ from .parsers import parse_results
 from .tables import output_text
 from .text import one_line, results_table
 
-__all__ = [
-    "COLUMNS", "OTHER_COLOUR", "STATUS_COLOURS", "STATUS_GROUPS", "STATUS_ORDER", "Results", "normalise_output"
-]
+__all__ = ["COLUMNS", "OTHER_COLOUR", "STATUS_COLOURS", "STATUS_GROUPS", "STATUS_ORDER", "Results", "normalise_output"]
 
 COLUMNS = ("device_id", "command", "status", "exit_code", "stdout", "duration_s", "started_at", "error")
 """The columns of :attr:`Results.df`, in order.

@@ -34,7 +34,14 @@ __all__ = [
 
 INVENTORY_COLUMNS = ["device_id", "status", "device_name", "product_id", "fw_version", "sw_version", "tags"]
 STATUS_COLUMNS = [
-    "device_id", "online", "tunnel", "logged_in", "running", "last_status", "last_exit_code", "last_duration_s"
+    "device_id",
+    "online",
+    "tunnel",
+    "logged_in",
+    "running",
+    "last_status",
+    "last_exit_code",
+    "last_duration_s",
 ]
 
 

@@ -39,9 +39,7 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s"
 
 
-def results_table(
-    results: Sequence[CommandResult], *, show_command: bool, max_rows: int | None = None
-) -> list[str]:
+def results_table(results: Sequence[CommandResult], *, show_command: bool, max_rows: int | None = None) -> list[str]:
     """The rows of the text table, header first, columns padded to their widest cell.
 
     Columns: device_id, (command when the results ran different ones), status,

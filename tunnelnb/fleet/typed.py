@@ -103,12 +103,12 @@ def _df(text: str, command: str, opts: dict[str, Any]) -> list[Row]:
         row: Row = {"filesystem": raw.get("filesystem")}
         if "type" in raw:
             row["type"] = raw.get("type")
-        factor = next(
-            (int(m[1]) * _UNITS[m[2]] for key in raw if (m := _BLOCKS.match(key))), None
-        )
+        factor = next((int(m[1]) * _UNITS[m[2]] for key in raw if (m := _BLOCKS.match(key))), None)
         if "inodes" in raw:
             row.update(
-                inodes=_int(raw.get("inodes")), iused=_int(raw.get("iused")), ifree=_int(raw.get("ifree")),
+                inodes=_int(raw.get("inodes")),
+                iused=_int(raw.get("iused")),
+                ifree=_int(raw.get("ifree")),
                 iuse_percent=_float(raw.get("iuse%")),
             )
         else:
@@ -123,9 +123,14 @@ def _df(text: str, command: str, opts: dict[str, Any]) -> list[Row]:
         row["mounted_on"] = raw.get("mounted_on")
         rows.append(row)
     return _need(
-        rows, "df", text,
-        lambda r: bool(r["filesystem"]) and bool(r["mounted_on"])
-        and (r.get("use_percent") is not None or r.get("iuse_percent") is not None or r.get("inodes") is not None),
+        rows,
+        "df",
+        text,
+        lambda r: (
+            bool(r["filesystem"])
+            and bool(r["mounted_on"])
+            and (r.get("use_percent") is not None or r.get("iuse_percent") is not None or r.get("inodes") is not None)
+        ),
         "a df row (filesystem, sizes, use %, mount point)",
     )
 
@@ -133,8 +138,19 @@ def _df(text: str, command: str, opts: dict[str, Any]) -> list[Row]:
 # -- free --------------------------------------------------------------------------
 
 _FREE_FLAGS = {
-    "-b": 1, "--bytes": 1, "-k": KIB, "--kibi": KIB, "-m": KIB**2, "--mebi": KIB**2, "-g": KIB**3,
-    "--gibi": KIB**3, "--tebi": KIB**4, "--kilo": 1000, "--mega": 1000**2, "--giga": 1000**3, "--tera": 1000**4,
+    "-b": 1,
+    "--bytes": 1,
+    "-k": KIB,
+    "--kibi": KIB,
+    "-m": KIB**2,
+    "--mebi": KIB**2,
+    "-g": KIB**3,
+    "--gibi": KIB**3,
+    "--tebi": KIB**4,
+    "--kilo": 1000,
+    "--mega": 1000**2,
+    "--giga": 1000**3,
+    "--tera": 1000**4,
 }
 
 
@@ -142,7 +158,7 @@ def free_unit(command: str) -> int:
     """Bytes per printed unit of the ``free`` in ``command``: KiB (free's default) unless a flag says otherwise."""
     match = re.search(r"(?:^|[\s;&|(])free((?:\s+-[-\w]+)*)", command)
     factor = KIB
-    for flag in (match.group(1).split() if match else []):
+    for flag in match.group(1).split() if match else []:
         if flag in _FREE_FLAGS:
             factor = _FREE_FLAGS[flag]
         elif re.fullmatch(r"-[a-zA-Z]+", flag):  # combined short flags, e.g. -mt
@@ -165,8 +181,13 @@ def _free(text: str, command: str, opts: dict[str, Any]) -> list[Row]:
             if key != "type":
                 row[f"{key}_bytes"] = _bytes(value, factor)
         rows.append(row)
-    return _need(rows, "free", text, lambda r: r["type"] in ("Mem", "Swap", "Total", "Low", "High")
-                 and r.get("total_bytes") is not None, "a free row (Mem:, Swap: and their sizes)")
+    return _need(
+        rows,
+        "free",
+        text,
+        lambda r: r["type"] in ("Mem", "Swap", "Total", "Low", "High") and r.get("total_bytes") is not None,
+        "a free row (Mem:, Swap: and their sizes)",
+    )
 
 
 # -- uptime, ps, lsblk, the rest ------------------------------------------------------
@@ -290,17 +311,28 @@ def _ip_addr(text: str, command: str, opts: dict[str, Any]) -> list[Row]:
             rest = m.group(4)
             mtu = re.search(r"\bmtu (\d+)", rest)
             state = re.search(r"\bstate (\S+)", rest)
-            link = {"ifindex": int(m.group(1)), "ifname": m.group(2), "flags": m.group(3),
-                    "mtu": int(mtu.group(1)) if mtu else None, "state": state.group(1) if state else None,
-                    "mac": None}
+            link = {
+                "ifindex": int(m.group(1)),
+                "ifname": m.group(2),
+                "flags": m.group(3),
+                "mtu": int(mtu.group(1)) if mtu else None,
+                "state": state.group(1) if state else None,
+                "mac": None,
+            }
             has_address = False
         elif link is not None and (mac := re.match(r"^\s+link/\S+\s+([0-9a-fA-F:]{17})", line)):
             link["mac"] = mac.group(1).lower()
         elif link is not None and (a := _IP_ADDR.match(line)):
             scope = re.search(r"\bscope (\S+)", a.group(4))
-            rows.append({**link, "family": a.group(1), "address": a.group(2),
-                         "prefixlen": int(a.group(3)) if a.group(3) else None,
-                         "scope": scope.group(1) if scope else None})
+            rows.append(
+                {
+                    **link,
+                    "family": a.group(1),
+                    "address": a.group(2),
+                    "prefixlen": int(a.group(3)) if a.group(3) else None,
+                    "scope": scope.group(1) if scope else None,
+                }
+            )
             has_address = True
     close_link()
     if not rows:

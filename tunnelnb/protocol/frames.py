@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import ProtocolError
 
 __all__ = [
+    "C_SDK_SSH_FAILED",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "FINAL_CLOSE_CODES",
     "SERVICE_TYPE",
@@ -54,7 +55,7 @@ SERVICE_TYPE = "ssh"
 class Status:
     """``status_code`` values of ``disconnect`` frames (strings, as the C SDK sends them)."""
 
-    CHANNEL_FAILED = "400"  # C SDK: creating the SSH channel failed (server unreachable)
+    CHANNEL_FAILED = "400"  # the SSH session could not be opened (the C SDK: for every SSH failure)
     AUTH_FAILED = "401"  # SSH login refused: wrong user name or password
     SSH_IDLE = "408"  # C SDK: the SSH session was idle too long
     SESSION_ENDED = "410"  # the device's shell or SSH session ended
@@ -62,6 +63,13 @@ class Status:
     MALFORMED = "422"  # a peer sent a frame the platform could not understand
     PEER_GONE = "503"  # the other side of the tunnel disconnected
     TUNNEL_CLOSED = "204"  # the tunnel was closed (CloseDeviceTunnel) or the platform shut down
+
+
+#: What the C SDK says in its ``disconnect`` 400 for every SSH failure: a wrong password, an SSH
+#: server that is down, a channel refused (huaweicloud-iot-device-sdk-c, ``src/tunnel/wss_client.c``:
+#: "WssClientListenerOnMsg: Create SSH channel failed").  Only its own log tells them apart.
+C_SDK_SSH_FAILED = "Create SSH channel failed"
+
 
 class CloseCode(enum.IntEnum):
     """WebSocket close codes of the tunnel (the device SDKs give 1000, 1002 and 4000 their meaning)."""

@@ -6,7 +6,8 @@ streams back whatever the terminal prints: no exit status, no end of output,
 module makes commands out of that stream:
 
 * :func:`setup_script` quietens the shell once per session;
-* :func:`command_script` wraps a command between two markers carrying a fresh id;
+* :func:`command_script` wraps a command between two markers carrying a fresh id
+  (:func:`framed` around :func:`command_block`, both reused by :mod:`tunnelnb.protocol.verify`);
 * :class:`TerminalText` turns raw chunks into clean text, incrementally;
 * :class:`CommandParser` finds a command's output and exit code between its markers.
 
@@ -28,7 +29,9 @@ __all__ = [
     "Output",
     "TerminalText",
     "bad_exit_status",
+    "command_block",
     "command_script",
+    "framed",
     "new_marker_id",
     "setup_script",
     "strip_escapes",
@@ -60,34 +63,53 @@ def _needs_encoding(command: str) -> bool:
     return any((ord(c) < 32 and c != "\n") or c == "\x7f" for c in command)
 
 
-def command_script(marker_id: str, command: str) -> str:
-    """The text to type so the shell prints ``command``'s output between markers.
+#: Room left on a typed line for what a script puts before the ``eval`` (``{ ``, ``{ { ``).
+_LINE_PREFIX = 8
 
-    The typed text contains ``%s``, so an echo of it never matches the printed
-    markers.  The command is ``eval``'d from a single-quoted string, so a syntax
-    error stays inside it, and stdin comes from ``/dev/null``, so a command cannot
-    swallow the lines typed after it.  A command with long lines or control characters is
-    sent as a here-document of short base64 lines and ``eval``'d, so it
-    still runs in the session's shell (``cd`` and variables persist).
+
+def command_block(marker_id: str, command: str) -> str:
+    """``{ eval '…'`` + newline + ``} </dev/null``: ``command`` run in the current shell (no trailing newline).
+
+    The command is ``eval``'d from a single-quoted string, so a syntax error
+    stays inside it, and stdin comes from ``/dev/null``, so a command cannot
+    swallow the lines typed after it.  A command with long lines or control
+    characters is sent as a here-document of short base64 lines and ``eval``'d,
+    so it still runs in the session's shell (``cd`` and variables persist).
+    Every line stays under :data:`MAX_TYPED_LINE`, even with a few characters
+    put before the block on its first line.
     """
     if not marker_id.isalnum():
         raise ValueError("marker id must be letters and digits")
     # Single-quoted for eval: an unbalanced quote, a trailing backslash or an empty
     # command fails inside eval instead of swallowing the lines typed after it.
     quoted = "eval '" + command.replace("'", "'\\''") + "'"
-    if _needs_encoding(quoted):
+    if _needs_encoding(" " * _LINE_PREFIX + quoted):
         encoded = base64.b64encode(command.encode("utf-8", "surrogateescape")).decode("ascii")
         lines = [encoded[i : i + _B64_LINE] for i in range(0, len(encoded), _B64_LINE)]
         heredoc = f"__TNB_H_{marker_id}__"
-        body = "eval \"$(base64 -d <<'" + heredoc + "'\n" + "\n".join(lines) + "\n" + heredoc + "\n)\""
+        body = "eval \"$(base64 -d <<'" + heredoc + "'\n" + "\n".join(lines) + "\n" + heredoc + '\n)"'
     else:
         body = quoted
-    return (
-        f"printf '__TNB_B_%s__\\n' {marker_id}\n"
-        f"{{ {body}\n"
-        "} </dev/null\n"
-        f"printf '__TNB_E_%s_%d__\\n' {marker_id} $?\n"
-    )
+    return f"{{ {body}\n}} </dev/null"
+
+
+def framed(marker_id: str, body: str, status: str = "$?") -> str:
+    """``body`` (whole lines) between the printed begin and end markers; the end marker carries ``status``.
+
+    The typed text contains ``%s``, so an echo of it never matches the printed markers.
+    """
+    if not marker_id.isalnum():
+        raise ValueError("marker id must be letters and digits")
+    return f"printf '__TNB_B_%s__\\n' {marker_id}\n{body}printf '__TNB_E_%s_%d__\\n' {marker_id} {status}\n"
+
+
+def command_script(marker_id: str, command: str) -> str:
+    """The text to type so the shell prints ``command``'s output between markers.
+
+    :func:`command_block` between the markers of :func:`framed`; the end
+    marker carries the command's exit status.
+    """
+    return framed(marker_id, command_block(marker_id, command) + "\n")
 
 
 # Terminal escape sequences: CSI, OSC (ended by BEL or ST), and two-byte escapes.
@@ -250,7 +272,6 @@ class CommandParser:
             events.append(Output(buf[: len(buf) - keep]))
         self._buf = buf[len(buf) - keep :]
         return events
-
 
     def _find_end(self, buf: str) -> tuple[int, Finished] | None:
         """Where the end marker starts in ``buf`` and what it says (no regex compiled per command).

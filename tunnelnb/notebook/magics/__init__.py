@@ -58,7 +58,7 @@ Line magic::
   %tunnel connect                         $TUNNELNB_URL when set, else --embedded
   %tunnel devices [--refresh]             the inventory table
   %tunnel login TARGETS [--user U] [--password-env VAR]   (prompts when no variable is given)
-  %tunnel TARGETS [--timeout S] [--ok-codes 0,1] -- COMMAND    one command on the targets
+  %tunnel TARGETS [--timeout S] [--ok-codes 0,1] [--verify] -- COMMAND    one command on the targets
   %tunnel shell DEVICE                    an interactive terminal (notebooks)
   %tunnel status                          the live fleet dashboard
   %tunnel history [--last N]              every run so far
@@ -97,6 +97,11 @@ class TunnelMagics(Magics):
         config=True
     )
     progress_after = Float(2.0, help="Seconds into a run before the progress bar appears.").tag(config=True)
+    verify = Bool(
+        False,
+        help="Verified runs: the device sends output checksummed and damaged parts are read again (exact output "
+        "from devices that damage it, e.g. the C SDK's; no live output). Like --verify on every run.",
+    ).tag(config=True)
     devices = Int(8, help="Devices in the embedded simulated fleet (connect --embedded).").tag(config=True)
     seed = Int(1, help="Seed of the embedded simulated fleet (connect --embedded).").tag(config=True)
 
@@ -126,6 +131,12 @@ class TunnelMagics(Magics):
         type=ok_codes,
         metavar="0,1",
         help="exit codes that count as ok (e.g. grep's 1, no match; default: 0 only)",
+    )
+    @argument(
+        "--verify",
+        action="store_true",
+        help="exact output from devices that damage it: checksummed, damaged parts read again; no live output "
+        "(default: TunnelMagics.verify)",
     )
     @line_cell_magic
     def tunnel(self, line: str, cell: str | None = None) -> Any:

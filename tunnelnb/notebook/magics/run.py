@@ -69,6 +69,7 @@ def ok_codes(text: str) -> tuple[int, ...]:
 @argument("-o", "--out", metavar="VAR")
 @argument("--no-stream", action="store_true")
 @argument("--ok-codes", type=ok_codes, metavar="0,1")
+@argument("--verify", action="store_true")
 def run_line(magics: TunnelMagics, line: str) -> Any:
     """Run one command on the targets."""
     before, _, command = line.partition(" -- ") if " -- " in line else (line.rstrip("- "), "", "")
@@ -161,8 +162,10 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
             live.finish(row.device_id)
         progress.update(row)
 
-    # ok_codes only when given, so the magics need no newer Fleet.run than the option does.
+    # ok_codes and verify only when given, so the magics need no newer Fleet.run than the options do.
     options: dict[str, Any] = {"ok_codes": args.ok_codes} if args.ok_codes is not None else {}
+    if args.verify or magics.verify:
+        options["verify"] = True  # exact output, checksummed; nothing to show live meanwhile
 
     async def run_on_fleet() -> Results:
         shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None

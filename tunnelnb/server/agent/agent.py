@@ -113,7 +113,10 @@ class Agent:
         self.local_shell = local_shell
         self.shell = tuple(shell)
         self.quirks = quirks
-        self.stray_bytes = StrayBytes.configure(stray_bytes, stray_seed, default_seed=device_id)
+        if quirks == "c-sdk":
+            self.stray_bytes = StrayBytes.configure(stray_bytes, stray_seed, default_seed=device_id)
+        else:  # the other modes never read it
+            self.stray_bytes = StrayBytes(0.0, device_id)
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         self.abandon_grace = abandon_grace

@@ -143,12 +143,13 @@ class DeviceRegistry:
         ws = await self._sockets.upgrade(request)
         try:
             old = device.link
+            came_online = not device.online
             device.link, device.link_base = ws, ws_base(request)
             logger.info("device %s online", device_id)
             if old is not None:
                 logger.info("device %s: a newer link replaces the older one", device_id)
                 await self._sockets.close(old, CloseCode.REPLACED, "replaced by a newer connection")
-            await self._notify_waiting(device)
+            await self._notify_waiting(device, came_online=came_online)
             # A link that drops while aiohttp answers its ping raises instead of closing.
             with contextlib.suppress(ConnectionResetError):
                 async for msg in ws:
@@ -177,13 +178,17 @@ class DeviceRegistry:
     # ------------------------------------------------------------------
     # Notifications: one per tunnel (see the module docstring)
 
-    async def want_notify(self, tunnel: Tunnel) -> None:
-        """See that the device hears of ``tunnel``: notify now, or once the last notify's grace period is over."""
+    async def want_notify(self, tunnel: Tunnel, *, came_online: bool = False) -> None:
+        """See that the device hears of ``tunnel``: notify now, or once the last notify's grace period is over.
+
+        ``came_online``: the device has just come online, so it holds no connection a
+        notify could break, and it may have missed the last one: notify at once.
+        """
         if tunnel.status != OPEN or tunnel.conns[Side.DEVICE] is not None or self._platform.closing:
             return
         platform = self._platform
         now, grace = platform.clock(), platform.notify_grace
-        if tunnel.notified_at is not None and now - tunnel.notified_at < grace:
+        if not came_online and tunnel.notified_at is not None and now - tunnel.notified_at < grace:
             self._recheck(tunnel, tunnel.notified_at + grace - now)
             return
         if await self.notify(tunnel):
@@ -244,11 +249,11 @@ class DeviceRegistry:
             )
         return sent
 
-    async def _notify_waiting(self, device: Device) -> None:
+    async def _notify_waiting(self, device: Device, *, came_online: bool) -> None:
         """Notify the device of each of its open tunnels that its side has not joined yet."""
         for tunnel in list(self._tunnels.values()):
             if tunnel.device_id == device.device_id and tunnel.status == OPEN and tunnel.conns[Side.DEVICE] is None:
-                await self.want_notify(tunnel)
+                await self.want_notify(tunnel, came_online=came_online)
 
     # ------------------------------------------------------------------
     # MQTT device access (.broker): IoTDA's login, and ONLINE/OFFLINE from the connections
@@ -290,7 +295,7 @@ class DeviceRegistry:
         device.mqtt_clients.add(client_id)
         if came:
             logger.info("device %s online (MQTT)", device_id)
-        await self._notify_waiting(device)
+        await self._notify_waiting(device, came_online=came)
 
     def mqtt_disconnected(self, device_id: str, client_id: str) -> None:
         """That connection is gone: OFFLINE unless another connection (or a link) keeps it up."""

@@ -289,6 +289,7 @@ class Relay:
                 await self._sockets.close(ws, CloseCode.NORMAL, "tunnel closed")
                 return
             tunnel.status, tunnel.closed_time = OPEN, None
+            tunnel.notified_at = None  # a new episode: the device is notified at once
             logger.info("tunnel %s of device %s reopened", tunnel.tunnel_id, tunnel.device_id)
         conn = Conn(ws, side)
         self._outboxes[conn] = _Outbox(
