@@ -726,3 +726,30 @@ async def test_device_leaves_and_rejoins_before_answering_connect(api: PlatformA
         await assert_next_ok(fleet)
     finally:
         await fleet.close("*")
+
+
+async def test_a_shell_that_never_answers_the_login_gets_a_new_connect(
+    api: PlatformAPI, device: FakeDevice, monkeypatch: pytest.MonkeyPatch
+):
+    # The C SDK's libssh session can be corrupted by a write racing its reader thread; it
+    # then fails every write silently.  After LOGIN_SYNC_S the login sends connect again,
+    # and the SDK opens a new SSH session.
+    monkeypatch.setattr(session_module, "LOGIN_SYNC_S", 1.0)
+
+    async def corrupted(dev: FakeDevice, connect: Frame) -> bool:
+        if dev.connects > 1:
+            return False
+        await dev.send(Frame(Op.CONNECT_RESPONSE, connect.request_id, None))  # the shell stays closed: no answers
+        return True
+
+    device.on_connect = corrupted
+    fleet = Fleet(api, login=(USER, PASSWORD), join_timeout=WAIT)
+    await fleet.refresh()
+    try:
+        res = await fleet.login(DEVICE, timeout=10)
+        row = res[DEVICE]
+        assert (row.status, row.exit_code, row.error) == ("ok", 0, ""), row
+        assert device.connects == 2 and device.ignored  # the no-ops typed into the dead session went nowhere
+        await assert_next_ok(fleet)
+    finally:
+        await fleet.close("*")

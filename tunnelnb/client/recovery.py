@@ -29,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "ESCAPE_KEYS",
     "LOGIN_ATTEMPTS",
+    "LOGIN_SYNC_S",
     "NOTE_NEW_SHELL",
     "NOTE_NEW_TUNNEL",
     "NOTE_SHELL_RESTARTED",
@@ -38,6 +39,13 @@ __all__ = [
 
 #: How many times one login sends ``connect`` when the device leaves and rejoins meanwhile.
 LOGIN_ATTEMPTS = 3
+
+#: How long a login waits for the device's shell to answer before it sends ``connect`` again.
+#: The official C SDK writes to its libssh session from one thread while another spins
+#: reading it; a write that races the read can corrupt the SSH stream (sshd logs "Bad packet
+#: length"), and the SDK then fails every later write silently (src/tunnel/ssh_client.c).
+#: A new ``connect`` makes it open a new SSH session.
+LOGIN_SYNC_S = 10.0
 
 #: Keys that leave common full-screen programs: Ctrl-C, Esc and ``:q!`` + Enter (vi),
 #: ``q`` (less, man, top), then Ctrl-C again, which also discards the ``q`` at a shell prompt.

@@ -49,6 +49,7 @@ from .link import TunnelLink
 from .recovery import (
     ESCAPE_KEYS,
     LOGIN_ATTEMPTS,
+    LOGIN_SYNC_S,
     NOTE_NEW_SHELL,
     NOTE_NEW_TUNNEL,
     NOTE_SHELL_RESTARTED,
@@ -209,12 +210,23 @@ class DeviceSession(TunnelLink):
         self._login_waiter = asyncio.get_running_loop().create_future()
         self._process(Event.LOGIN)
         try:
-            await self._sock.send(Frame.connect(self._ids.next(), user, password))
-            async with self._clock.timeout_at(deadline):
-                await self._login_waiter
-            # connect_response may come before the SSH login is even tried (C SDK),
-            # so the login holds only once the shell answers a framed no-op.
-            await self._sync(deadline)
+            start, tries = deadline - timeout, 1
+            while True:
+                await self._sock.send(Frame.connect(self._ids.next(), user, password))
+                async with self._clock.timeout_at(deadline):
+                    await self._login_waiter
+                # connect_response may come before the SSH login is even tried (C SDK),
+                # so the login holds only once the shell answers a framed no-op.
+                try:
+                    await self._sync(min(deadline, start + tries * LOGIN_SYNC_S))
+                    break
+                except TimeoutError:
+                    if self._clock.monotonic() >= deadline:
+                        raise
+                # A shell that never answers (recovery.LOGIN_SYNC_S): have the device open a new SSH session.
+                log.info("device %s: its shell does not answer: sending connect again", self.device_id)
+                tries += 1
+                self._login_waiter = asyncio.get_running_loop().create_future()
         except TimeoutError:
             self._process_if(SessionState.LOGGING_IN, Event.LOGIN_FAILED)
             raise LoginError(
