@@ -48,7 +48,6 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "EVENTS_DOWN_TOPIC",
     "KEEPALIVE",
-    "PUBLISH_TIMEOUT",
     "BrokerUnreachable",
     "MqttConnection",
     "MqttCredentials",
@@ -64,9 +63,8 @@ log = logging.getLogger(__name__)
 EVENTS_DOWN_TOPIC = "$oc/devices/{device_id}/sys/events/down"
 #: Seconds between MQTT PINGREQs; the broker drops a client silent for 1.5 times this.
 KEEPALIVE = 60
-#: How long one connection attempt (TCP, TLS, CONNACK, SUBACKs) may take.
+#: How long one connection attempt (TCP, TLS, CONNACK) may take.
 CONNECT_TIMEOUT = 10.0
-PUBLISH_TIMEOUT = 5.0
 _STAMP_RE = re.compile(r"\d{10}")
 #: CONNACK codes that mean "wrong credentials": MQTT 3.1.1's 4 and 5, and their MQTT 5 reason codes.
 _AUTH_CODES = frozenset({4, 5, 0x86, 0x87, 0x8C})
@@ -194,7 +192,7 @@ def _connect_error(exc: Exception, endpoint: MqttEndpoint, who: str) -> Tunnelnb
 
 
 class MqttConnection:
-    """Shared by both ends: one aiomqtt client per connection, reconnected with linear back-off."""
+    """One aiomqtt client per connection, reconnected with linear back-off (the device's side: :mod:`.mqtt`)."""
 
     who = "the client"
 
@@ -223,16 +221,6 @@ class MqttConnection:
 
     def _new_client(self) -> Any:
         raise NotImplementedError
-
-    async def _on_connect(self, client: Any) -> None:
-        """Subscribe and announce; runs before the connection counts as up."""
-
-    async def _subscribe(self, client: Any, topic: str) -> None:
-        """Subscribe with QoS 1; a refusal in the SUBACK (a code of 0x80 or more) is an error."""
-        granted = await client.subscribe(topic, qos=1)
-        codes = [getattr(code, "value", code) for code in granted]
-        if any(not isinstance(code, int) or code >= 0x80 for code in codes):
-            raise TunnelnbError(f"the MQTT broker at {self.endpoint.url} refused {self.who} a subscription to {topic}")
 
     async def _on_message(self, message: Any) -> None:
         raise NotImplementedError
@@ -272,11 +260,6 @@ class MqttConnection:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await client.__aenter__()
-                try:
-                    await self._on_connect(client)
-                except BaseException:
-                    await self._close(client)
-                    raise
         except TimeoutError:
             raise BrokerUnreachable(f"the MQTT broker at {self.endpoint.url} did not answer in time") from None
         except self._mqtt.MqttError as exc:
@@ -322,15 +305,3 @@ class MqttConnection:
             except Exception as exc:  # keep trying, whatever it was: the device must come back by itself
                 client = None
                 log.warning("%s: MQTT reconnect %d failed: %s", self.who, attempt, exc)
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        """Publish with QoS 1 and wait for the broker's PUBACK; False if not connected or it failed."""
-        client = self._client
-        if client is None or not self.connected:
-            return False
-        try:
-            await client.publish(topic, payload, qos=1, retain=retain, timeout=PUBLISH_TIMEOUT)
-        except self._mqtt.MqttError as exc:
-            log.warning("%s: publishing to %s failed: %s", self.who, topic, exc)
-            return False
-        return True
