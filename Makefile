@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: test demo lint bench notebooks clean
 
@@ -37,8 +38,16 @@ demo: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/execute.py
 
-bench: $(STAMP)
-	$(BIN)/python bench/relay.py
+# The benchmarks' peers (parallel-ssh and its dependencies: pyproject.toml's bench group), once.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# Short runs of every benchmark (each under about a minute on 2 cores; bench/README.md has the full ones).
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/relay.py --quick
+	$(BIN)/python bench/fanout.py --quick
+	$(BIN)/python bench/wan.py --quick
 	$(BIN)/python bench/devices_mqtt.py --quick
 
 clean:

@@ -1,21 +1,26 @@
 """Benchmark: fan one command out to N simulated devices, tunnelnb against direct SSH.
 
     .venv/bin/python bench/fanout.py [--sizes 10,100,1000] [--repeats 3] [--json PATH] [--profile]
-                                     [--pssh-python PATH] [--variants ...] [--no-extra]
+                                     [--pssh-python PATH] [--variants ...] [--no-extra] [--sim-workers 2]
 
 For each N, one **devices** process runs a local :class:`~tunnelnb.server.platform.Platform` and a
-:class:`~tunnelnb.sim.fleet.SimulatedFleet` of N devices with ``backend="ssh"`` (per device an
-agent and an embedded SSH server in front of a sandboxed ``/bin/sh``) and
-``misbehaving=0``: every device is healthy, none is slow, flaky or offline.  Each
-device's sandbox is built (its launcher run once) before any client logs in, so no
-client pays for the devices' first boot.  Then each **client** runs alone with the
-devices, in a process of its own (so its CPU time and peak memory are its own), one
-after the other:
+simulated fleet of N devices with ``backend="ssh"`` (per device an agent and an embedded SSH
+server in front of a sandboxed ``/bin/sh``) and ``misbehaving=0``: every device is healthy,
+none is slow, flaky or offline.  Below N = 100 the fleet is a
+:class:`~tunnelnb.sim.fleet.SimulatedFleet` in the platform's process; from N = 100 on it is a
+:class:`~tunnelnb.sim.workers.ShardedFleet` of ``--sim-workers`` processes (``tunnelnb sim
+--workers``), so that one event loop starting every device's shell does not set the pace.  Each
+device's sandbox is built (its launcher run once) before any client logs in, so no client pays
+for the devices' first boot.  Then each **client** runs alone with the devices, in a process of
+its own (so its CPU time and peak memory are its own), one after the other; after each client
+the devices settle (until they use under 5 % of a core: ending 1,000 shells keeps them busy for
+a while after the client has gone), so no client pays for its predecessor:
 
 * ``tunnelnb``: ``tunnelnb.connect(url, project_id, api_token, max_sessions=N,
   concurrency=N)``, then ``fleet.login("*", user, password, concurrency=100)`` ("login":
-  1,000 logins at once overwhelm the one process that simulates every device), then
-  ``fleet.run(command, "*")``, timed from the call until ``res.df`` is built.
+  1,000 logins at once overwhelm the devices and the platform's cap on connections waiting to
+  authenticate from one address), then ``fleet.run(command, "*")``, timed from the call until
+  ``res.df`` is built.
 * ``asyncssh``: what a user who can reach the devices' SSH servers directly would write:
   ``asyncssh.connect`` to every server at once ("login"), then
   ``asyncio.gather(*(conn.run(command) for conn in conns))`` over those connections.
@@ -24,7 +29,9 @@ after the other:
 * ``asyncssh-shell`` (a reference, not what users write): the same connections, each
   with one interactive PTY shell, as tunnelnb's agent keeps, into which the commands are
   typed with tunnelnb's framing (:mod:`tunnelnb.protocol.shell`).  Same work on the devices as
-  tunnelnb minus platform, agent and WebSockets: the floor for tunnelnb's fan-out.
+  tunnelnb minus platform, agent and WebSockets: the floor for tunnelnb's fan-out.  Its login
+  (all N connections and shells at once, each shell synced) is the floor for tunnelnb's N logins:
+  the logins table gives the ratio, against the target of 1.2x at N = 1,000.
 * ``pssh``: parallel-ssh's ``ParallelSSHClient`` (libssh2 via ssh2-python, gevent) with
   its default ``pool_size=100``: ``connect_auth()`` ("login"), then ``run_command`` +
   ``join`` + reading every output.  It runs under ``--pssh-python`` (default: this
@@ -44,7 +51,8 @@ medians.  Every result is checked (exit status 0, ``echo ok`` printed ``ok``, ot
 commands printed something); failed rows are shown in the table and make the script
 exit 1 after the report.  Client peak memory is the client process's ``ru_maxrss``
 over its whole life (logins included), next to its RSS after imports.  CPU seconds of
-the client and the devices process are reported per login and per run.  Warnings and
+the client and the devices (the platform's process and the fleet's workers) are reported per
+login and per run, and tunnelnb's client CPU per login and per device-command.  Warnings and
 errors the processes log are counted by kind (a few are shown on stderr) and listed
 per phase.  ``--profile`` adds cProfile listings of one more ``echo ok`` at the
 largest N, of the client and of the devices process, for tunnelnb and for the
@@ -85,6 +93,14 @@ TARGET_N = 1000
 TARGET_COMMAND = "echo ok"
 TARGET_WALL_S = 2.0
 TARGET_RATIO = 1.5
+#: Logins: N tunnelnb logins within this factor of asyncssh opening N persistent PTY shells (issue 18).
+TARGET_LOGIN_RATIO = 1.2
+#: From this N on, the simulated fleet runs in --sim-workers processes (below, beside the platform).
+SIM_WORKERS_FROM = 100
+#: Between clients the devices settle: until they use less than this share of a core over a second (at most
+#: SETTLE_MAX_S): ending a client's 1,000 shells keeps them busy for a while after the client has gone.
+SETTLE_IDLE = 0.05
+SETTLE_MAX_S = 300.0
 SEED = 1
 
 VARIANTS = ("tunnelnb", "asyncssh", "asyncssh-shell", "pssh")
@@ -250,31 +266,13 @@ class _LogDigest:
         logging.getLogger().setLevel(logging.WARNING)
 
 
-async def _build_sandboxes(sim: Any, concurrency: int) -> tuple[float, int]:
-    """Start every device's shell launcher once, so its sandbox (files, ext4 /data) exists before any login."""
-    import asyncio
-
-    sem = asyncio.Semaphore(concurrency)
-    failures = 0
-
-    async def one(device_id: str) -> None:
-        nonlocal failures
-        async with sem:
-            proc = await asyncio.create_subprocess_exec(
-                str(sim.launcher(device_id)),
-                "-c",
-                "true",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            if await proc.wait() != 0:
-                failures += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(d) for d in sim.device_ids))
-    return time.perf_counter() - t0, failures
+def _workers_rss_mb(sim: Any) -> float:
+    """The resident set size of the simulated fleet's worker processes, if it has any, in MB."""
+    total = 0.0
+    for pid in getattr(sim, "worker_pids", []):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    return total
 
 
 async def _devices(config: dict[str, Any], out: Any) -> int:
@@ -282,7 +280,7 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
     import cProfile
 
     from tunnelnb.server.platform import Platform
-    from tunnelnb.sim import SimulatedFleet
+    from tunnelnb.sim import ShardedFleet, SimulatedFleet
 
     digest = _LogDigest("devices")
     digest.install()
@@ -296,32 +294,40 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
     cpu0 = cpu_s()
     platform = Platform(project_id="bench", api_token=secrets.token_urlsafe(24))
     await platform.start()
-    sim = SimulatedFleet(
-        platform.base_url,
-        api_token=platform.api_token,
-        project_id=platform.project_id,
-        devices=n,
-        seed=config["seed"],
-        backend="ssh",
-        misbehaving=0.0,
-        sandbox=config["sandbox"],
-        concurrency=64,
+    workers = config["workers"]
+    options = {
+        "api_token": platform.api_token,
+        "project_id": platform.project_id,
+        "devices": n,
+        "seed": config["seed"],
+        "backend": "ssh",
+        "misbehaving": 0.0,
+        "sandbox": config["sandbox"],
+        "concurrency": 64,
+    }
+    # Each worker builds its devices' sandboxes (starts every shell once) before it reports ready.
+    sim: Any = (
+        ShardedFleet(platform.base_url, workers=workers, prebuild=True, **options)
+        if workers > 1
+        else SimulatedFleet(platform.base_url, **options)
     )
     try:
         await sim.start()
         if sim.misbehaving:
             raise RuntimeError(f"devices misbehave although misbehaving=0: {sim.misbehaving}")
-        ports = {}
-        for device_id in sim.device_ids:
-            agent = sim.agent(device_id)
-            if agent is None:
-                raise RuntimeError(f"{device_id} has no agent")
-            ports[device_id] = agent.ssh_port
+        ports = sim.ssh_ports
+        if sorted(ports) != sorted(sim.device_ids):
+            raise RuntimeError(f"{len(sim.device_ids) - len(ports)} devices have no SSH server")
         user, password = sim.login()
-        start_s, start_cpu_s = time.perf_counter() - t0, cpu_s() - cpu0
-        build_s, build_failures = await _build_sandboxes(sim, 2 * (os.cpu_count() or 1))
-        if build_failures:
-            raise RuntimeError(f"{build_failures} device sandboxes could not be built")
+        if workers > 1:
+            build_s = sim.build_s
+            start_s = time.perf_counter() - t0 - build_s
+            start_cpu_s = cpu_s() - cpu0 + sim.usage()["cpu_s"]  # the workers' own, sandbox builds included
+        else:
+            start_s, start_cpu_s = time.perf_counter() - t0, cpu_s() - cpu0
+            build_s, build_failures = await sim.build_sandboxes(2 * (os.cpu_count() or 1))
+            if build_failures:
+                raise RuntimeError(f"{build_failures} device sandboxes could not be built")
         info = {
             "url": platform.base_url,
             "project_id": platform.project_id,
@@ -334,8 +340,9 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
             "build_s": build_s,
             "sandbox": sim.sandbox,
             "data_backend": sim.data_backend,
-            "rss_mb": rss_mb(),
+            "rss_mb": rss_mb() + _workers_rss_mb(sim),
             "pid": os.getpid(),
+            "workers": workers,
         }
         out.write(json.dumps(info) + "\n")
         reader = asyncio.StreamReader(limit=1 << 20)
@@ -361,12 +368,15 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
                     profiler.disable()
                     profile_text = _profile_text(profiler, request.get("top", 25))
                     profiler = None
+                own = {"cpu_s": 0.0, "children_cpu_s": 0.0} if workers == 1 else sim.usage()
                 out.write(
                     json.dumps(
                         {
-                            "cpu_s": cpu_s(),
-                            "children_cpu_s": cpu_s(resource.RUSAGE_CHILDREN),
-                            "rss_mb": rss_mb(),
+                            "cpu_s": cpu_s() + own["cpu_s"],  # the platform and every device
+                            "platform_cpu_s": cpu_s() if workers > 1 else float("nan"),
+                            "children_cpu_s": cpu_s(resource.RUSAGE_CHILDREN) + own["children_cpu_s"],
+                            "rss_mb": rss_mb() + _workers_rss_mb(sim),
+                            "online": sum(1 for d in platform.devices.values() if d["status"] == "ONLINE"),
                             "log_counts": digest.counts,
                             "profile": profile_text,
                         }
@@ -548,22 +558,36 @@ class _AsyncsshClient:
 
         options = _connect_options(self.config)
         items = list(self.config["ports"].items())
+        limit = self.config.get("ssh_login_concurrency") or 0  # 0: every device at once
+        gate: Any = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+
+        async def one(port: int) -> tuple[Any, Any]:
+            async with gate:
+                conn = await asyncssh.connect("127.0.0.1", port, **options)
+                try:
+                    return conn, await self._open(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+
         t0 = time.perf_counter()
-        conns = await asyncio.gather(
-            *(asyncssh.connect("127.0.0.1", port, **options) for _, port in items), return_exceptions=True
-        )
+        opened = await asyncio.gather(*(one(port) for _, port in items), return_exceptions=True)
         dt = time.perf_counter() - t0
         failures = []
-        for (device_id, _), conn in zip(items, conns, strict=True):
-            if isinstance(conn, BaseException):
-                failures.append(f"{device_id}: {type(conn).__name__}: {conn}")
+        for (device_id, _), done in zip(items, opened, strict=True):
+            if isinstance(done, BaseException):
+                failures.append(f"{device_id}: {type(done).__name__}: {done}")
             else:
-                self.conns.append(conn)
+                self.conns.append(done[0])
                 self.ids.append(device_id)
-        await self._after_login()
+                self._opened(done[1])
         return {"seconds": dt, "ok": len(self.conns), "failures": failures[:3]}
 
-    async def _after_login(self) -> None:
+    async def _open(self, conn: Any) -> Any:
+        """What the login opens on a new connection besides (the shell variant: its shell)."""
+        return None
+
+    def _opened(self, what: Any) -> None:
         pass
 
     async def run(self, command: str) -> tuple[float, int, list[str]]:
@@ -650,28 +674,24 @@ class _AsyncsshShellClient(_AsyncsshClient):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.sessions: list[Any] = []
+        self._cls: type | None = None
 
-    async def login(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        answer = await super().login()
-        answer["seconds"] = time.perf_counter() - t0  # connections and shells
-        return answer
-
-    async def _after_login(self) -> None:
+    async def _open(self, conn: Any) -> Any:
+        """The connection's PTY shell, synced as tunnelnb syncs its own (the login times connection and shell)."""
         import asyncio
 
         from tunnelnb.protocol.shell import setup_script
 
-        cls = _shell_session_class()
+        if self._cls is None:
+            self._cls = _shell_session_class()
+        _, session = await conn.create_session(self._cls, term_type="xterm", term_size=(128, 30), encoding=None)
+        code, _ = await asyncio.wait_for(session.execute("true", prefix=setup_script()), self.config["timeout"])
+        if code != 0:
+            raise RuntimeError(f"shell sync gave exit status {code}")
+        return session
 
-        async def shell(conn: Any) -> Any:
-            _, session = await conn.create_session(cls, term_type="xterm", term_size=(128, 30), encoding=None)
-            code, _ = await asyncio.wait_for(session.execute("true", prefix=setup_script()), self.config["timeout"])
-            if code != 0:
-                raise RuntimeError(f"shell sync gave exit status {code}")
-            return session
-
-        self.sessions = await asyncio.gather(*(shell(c) for c in self.conns))
+    def _opened(self, what: Any) -> None:
+        self.sessions.append(what)
 
     async def run(self, command: str) -> tuple[float, int, list[str]]:
         import asyncio
@@ -952,27 +972,48 @@ class Orchestrator:
     def usage(self, devices: Child) -> dict[str, Any]:
         return devices.request({"op": "usage"}, 300)
 
+    def settle(self, devices: Child, n: int) -> float:
+        """Wait (at most SETTLE_MAX_S) until the devices are idle and online again.
+
+        Idle: under SETTLE_IDLE of a core over a second.  Online: every device's link is up;
+        ending 1,000 shells can keep a worker's loop from answering heartbeats, and the
+        device links that dropped then come back over tens of seconds, with back-off.
+        """
+        t0 = time.perf_counter()
+        last = self.usage(devices)["cpu_s"]
+        while time.perf_counter() - t0 < SETTLE_MAX_S:
+            time.sleep(1.0)
+            usage = self.usage(devices)
+            if usage["cpu_s"] - last < SETTLE_IDLE and usage["online"] >= n:
+                break
+            last = usage["cpu_s"]
+        else:
+            self.log(f"the devices did not settle within {SETTLE_MAX_S:g} s: the next client may pay for that")
+        return time.perf_counter() - t0
+
     def one_size(self, n: int, largest: bool) -> dict[str, Any]:
         args = self.args
         self._device_logs: dict[str, int] = {}
         self.log(f"## N = {n}: starting platform and {n} simulated devices (backend ssh, misbehaving=0)")
-        devices = self._spawn("devices", {"n": n, "seed": SEED, "sandbox": args.sandbox})
+        workers = args.sim_workers if n >= SIM_WORKERS_FROM else 1
+        devices = self._spawn("devices", {"n": n, "seed": SEED, "sandbox": args.sandbox, "workers": workers})
         result: dict[str, Any] = {"n": n, "variants": {}}
         try:
             info = devices.receive(900)
+            where = "beside the platform" if info["workers"] == 1 else f"in {info['workers']} worker processes"
             self.log(
                 f"devices up in {info['start_s']:.1f} s ({info['start_cpu_s']:.1f} s CPU), sandboxes built in "
                 f"{info['build_s']:.1f} s, sandbox {info['sandbox']} with /data on {info['data_backend']}, "
-                f"devices process RSS {info['rss_mb']:.0f} MB"
+                f"devices run {where}; RSS {info['rss_mb']:.0f} MB"
             )
-            result["devices"] = {
-                k: info[k] for k in ("start_s", "start_cpu_s", "build_s", "sandbox", "data_backend", "rss_mb")
-            }
+            keys = ("start_s", "start_cpu_s", "build_s", "sandbox", "data_backend", "rss_mb", "workers")
+            result["devices"] = {k: info[k] for k in keys}
             keys = ("url", "project_id", "api_token", "user", "password", "ports")
             config = {k: info[k] for k in keys} | {
                 "timeout": args.timeout,
                 "login_concurrency": args.login_concurrency,
                 "pssh_pool_size": args.pssh_pool_size,
+                "ssh_login_concurrency": args.ssh_login_concurrency,
             }
 
             for v in VARIANTS:
@@ -1036,7 +1077,10 @@ class Orchestrator:
                 rec["errors"].append(f"login: {answer['error']}")
                 self.log(f"{LABELS[v]}: login failed: {answer['error']}")
                 return rec
-            rec["login"] = answer | {"devices_cpu_s": after["cpu_s"] - before["cpu_s"]}
+            rec["login"] = answer | {
+                "devices_cpu_s": after["cpu_s"] - before["cpu_s"],
+                "platform_cpu_s": after["platform_cpu_s"] - before["platform_cpu_s"],
+            }
             if answer.get("set_login"):
                 self.log(f"{LABELS[v]}: fleet.set_login() only; the run logs in")
             else:
@@ -1078,6 +1122,8 @@ class Orchestrator:
             rec["log_counts"] = answer.get("log_counts", {})
         finally:
             client.finish(30)
+            # The devices end the client's shells after it has gone: the next client must not pay for that.
+            rec["settle_s"] = self.settle(devices, n)
             # What the devices process logged during this phase (its counts only grow).
             counts = self.usage(devices)["log_counts"]
             rec["devices_log_counts"] = {
@@ -1126,6 +1172,8 @@ class Orchestrator:
                 "baseline_repeats": self.args.baseline_repeats,
                 "login_concurrency": self.args.login_concurrency,
                 "pssh_pool_size": self.args.pssh_pool_size,
+                "sim_workers": self.args.sim_workers,
+                "ssh_login_concurrency": self.args.ssh_login_concurrency,
             },
             "machine": info,
             "sizes": results,
@@ -1244,10 +1292,61 @@ def markdown_table(result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def login_table(result: dict[str, Any]) -> str:
+    """N tunnelnb logins against asyncssh opening N persistent PTY shells to the same servers, in the same run."""
+    lines = [
+        "| N | tunnelnb: N logins s | asyncssh: N persistent PTY shells s | ratio | target met? | CPU s: tunnelnb "
+        "client / its devices (platform) | CPU s: asyncssh client / its devices |",
+        "|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for size in result["sizes"]:
+        n, variants = size["n"], size["variants"]
+        t = variants.get("tunnelnb", {}).get("login", {})
+        a = variants.get("asyncssh-shell", {}).get("login", {})
+        ts, ss = t.get("seconds"), a.get("seconds")
+        both_ok = t.get("ok") == n and a.get("ok") == n
+        ratio = ts / ss if ts and ss else None
+        target = "—"
+        if n == TARGET_N and ratio is not None:
+            target = "yes" if both_ok and ratio <= TARGET_LOGIN_RATIO else "**no**"
+        cells = [_fmt(ts) + ("" if t.get("ok") in (None, n) else f" (**{t.get('ok')}/{n} ok**)")]
+        cells.append(_fmt(ss) + ("" if a.get("ok") in (None, n) else f" (**{a.get('ok')}/{n} ok**)"))
+        platform = t.get("platform_cpu_s")
+        devices = _fmt(t.get("devices_cpu_s"), 1) + (f" ({platform:.1f})" if platform == platform and platform else "")
+        lines.append(
+            f"| {n:,} | {cells[0]} | {cells[1]} | {_fmt(ratio)}{'x' if ratio else ''} | {target} | "
+            f"{_fmt(t.get('cpu_s'), 1)} / {devices} | {_fmt(a.get('cpu_s'), 1)} / {_fmt(a.get('devices_cpu_s'), 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def client_cpu_table(result: dict[str, Any]) -> str:
+    """tunnelnb's client CPU per login and per device-command, and where one core would saturate."""
+    lines = [
+        "| N | client CPU per login ms | logins/s one core could do | client CPU per device-command ms "
+        "(`echo ok`) | device-commands/s one core could do |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    command = result["config"]["commands"][0]
+    for size in result["sizes"]:
+        n, rec = size["n"], size["variants"].get("tunnelnb", {})
+        login = rec.get("login", {}).get("cpu_s")
+        runs = rec.get("runs", {}).get(command, [])
+        run = _median(runs, "cpu_s") if runs else None
+        per_login = login / n * 1000 if login else None
+        per_cmd = run / n * 1000 if run else None
+        lines.append(
+            f"| {n:,} | {_fmt(per_login, 2)} | {_fmt(1000 / per_login, 0) if per_login else '—'} | "
+            f"{_fmt(per_cmd, 3)} | {_fmt(1000 / per_cmd, 0) if per_cmd else '—'} |"
+        )
+    return "\n".join(lines)
+
+
 def details_table(result: dict[str, Any]) -> str:
     lines = [
         "| N | client | login s | login CPU s: client / devices process | idle RSS MB | peak RSS MB | per run "
-        "(median) CPU s: client / devices process / device-side children | runs all ok | close s |",
+        "(median) CPU s: client / devices process / device-side children | runs all ok | close s (devices busy "
+        "after it s) |",
         "|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for size in result["sizes"]:
@@ -1270,7 +1369,8 @@ def details_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {n:,} | {rec['label']} | {login_text} | {_fmt(login.get('cpu_s'), 1)} / "
                 f"{_fmt(login.get('devices_cpu_s'), 1)} | {_fmt(rec.get('idle_rss_mb'), 0)} | "
-                f"{_fmt(rec.get('maxrss_mb'), 0)} | {per_run} | {good}/{len(runs)} | {_fmt(rec.get('close_s'))} |"
+                f"{_fmt(rec.get('maxrss_mb'), 0)} | {per_run} | {good}/{len(runs)} | {_fmt(rec.get('close_s'))} "
+                f"({_fmt(rec.get('settle_s'), 1)}) |"
             )
     return "\n".join(lines)
 
@@ -1291,6 +1391,18 @@ def report(result: dict[str, Any]) -> str:
         "",
         markdown_table(result, rows),
         "",
+        f"Logins (target, issue 18: N = {TARGET_N:,} tunnelnb logins within {TARGET_LOGIN_RATIO:g}x of asyncssh "
+        f"opening {TARGET_N:,} persistent PTY shells to the same servers, in the same run):",
+        "",
+        login_table(result),
+        "",
+        f"tunnelnb logs in {cfg['login_concurrency']} devices at a time; asyncssh connects and opens its shells "
+        + (f"{cfg['ssh_login_concurrency']} at a time." if cfg.get("ssh_login_concurrency") else "all at once."),
+        "",
+        "tunnelnb's client CPU (from the login and the median `" + cfg["commands"][0] + "` run above):",
+        "",
+        client_cpu_table(result),
+        "",
         f"Wall time: from the call until every device's result is in (for tunnelnb: until `res.df` is built), all N "
         f"devices at once; medians of {cfg['repeats']} runs per command for tunnelnb and the persistent shell (after "
         f"{cfg['warmup']} untimed `{cfg['commands'][0]}`), of {baseline_repeats} for `conn.run` and parallel-ssh "
@@ -1305,9 +1417,12 @@ def report(result: dict[str, Any]) -> str:
         "(`max_sessions=100`, `concurrency=100`), `fleet.set_login(...)` and one run: the least recently used session "
         "makes room for the next device, so every run on N > 100 devices logs in to each of them again.",
         "",
-        "Setup: one process runs the platform and the simulated fleet (backend `ssh`: per device an agent and an "
+        "Setup: one process runs the platform, and the simulated fleet (backend `ssh`: per device an agent and an "
         "embedded asyncssh server in front of a sandboxed `/bin/sh`; `misbehaving=0`, so every device is healthy; "
-        "each device's sandbox built before any login); each client runs alone with it, in a process of its own, "
+        f"each device's sandbox built before any login) runs beside it for N < {SIM_WORKERS_FROM}, in "
+        f"{cfg.get('sim_workers', 1)} worker processes from N = {SIM_WORKERS_FROM} on (`tunnelnb sim --workers`; "
+        "'devices' CPU counts the platform and the workers; the cProfile listings of the devices cover the "
+        "platform's process only when there are workers); each client runs alone with it, in a process of its own, "
         "one after the other, all on loopback, all sharing the machine's cores. `conn.run` and parallel-ssh open an "
         "exec channel per command (the device starts its sandbox launcher, then `sh -c`); tunnelnb and the "
         "persistent-shell reference type into a shell that is already running, so the persistent shell is the "
@@ -1420,6 +1535,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="devices tunnelnb logs in at a time (Fleet(concurrency=...); default 100); runs use N",
     )
     p.add_argument("--pssh-pool-size", type=int, default=100, help="parallel-ssh pool_size (default 100, its own)")
+    p.add_argument(
+        "--ssh-login-concurrency",
+        type=int,
+        default=0,
+        help="devices the asyncssh clients connect to (and open a shell on) at a time; 0, the default: all at once",
+    )
+    p.add_argument(
+        "--sim-workers",
+        type=int,
+        default=2,
+        help=f"worker processes of the simulated fleet for N >= {SIM_WORKERS_FROM} (tunnelnb sim --workers;\n"
+        "default 2); 1 runs the devices in the platform's process, as before",
+    )
     p.add_argument("--sandbox", default="auto", help="SimulatedFleet sandbox mode (default auto)")
     p.add_argument("--timeout", type=float, default=60, help="per-command and login timeout, seconds (default 60)")
     p.add_argument("--login-timeout", type=float, default=900, help="seconds to wait for a client's logins")
@@ -1428,9 +1556,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="cProfile one more echo run at the largest N")
     p.add_argument("--profile-top", type=int, default=25, help="rows per cProfile listing (default 25)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--quick", action="store_true", help="--sizes 10,100 --repeats 1 --no-extra (make bench)")
     p.add_argument("--role", choices=("main", "devices", "client"), default="main", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.no_extra = "10,100", 1, True
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
@@ -1440,6 +1571,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    if args.sim_workers < 1:
+        p.error("--sim-workers takes 1 or more")
     if not args.sizes or min(args.sizes) < 1 or args.repeats < 1 or args.warmup < 0 or not args.commands:
         p.error("need sizes ≥ 1, --repeats ≥ 1, --warmup ≥ 0 and at least one command")
     return args

@@ -8,6 +8,7 @@ devices send (C SDK, C# SDK) is accepted.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -24,6 +25,7 @@ from tunnelnb.protocol.frames import (
     Status,
     chunk_text,
     decode_frame,
+    encode_chunks,
     encode_frame,
     encoded_size,
     require_utf8,
@@ -370,7 +372,8 @@ def test_invalid_utf8_bytes_are_carried_not_refused(message: bytes, field: str, 
 def test_invalid_utf8_outside_a_string_is_not_json() -> None:
     assert "not JSON" in err(b"\x80")
     assert "not JSON" in err(b'{"operation_type":\xff"ping","request_id":"r"}')
-    require_utf8(encode_frame(Frame.command("r", "\udc80 é")).encode())  # escapes: valid UTF-8
+    message = encode_frame(Frame.command("r", "\udc80 é"))
+    assert require_utf8(message.encode()) == message  # escapes: valid UTF-8; the text comes back
 
 
 def test_a_character_split_between_two_raw_c_sdk_messages_is_reassembled() -> None:
@@ -439,10 +442,26 @@ def test_size_limit_boundary_is_exact(limit: int, char: str) -> None:
         "[" * 5000 + "]" * 5000,
         '{"a":' * 3000 + "1" + "}" * 3000,
         '{"operation_type":"ping","request_id":"r","data":' + '{"a":' * 3000 + "null" + "}" * 3001,
+        " " + "[" * 5000 + "]" * 5000,  # not a value alone: json.loads has its say, and the same answer
     ],
 )
 def test_deeply_nested_json(message: str) -> None:
     assert "nested too deeply" in err(message, max_bytes=None)
+
+
+def test_whitespace_around_the_value_is_json_and_a_second_value_is_not() -> None:
+    ping = '{"operation_type":"ping","request_id":"r"}'
+    assert decode_frame(f" \n{ping}\r\n ") == decode_frame(ping) == Frame(Op.PING, "r")
+    assert err(ping + ping) == "message is not JSON: Extra data at line 1 column 43"
+    assert err("") == "message is not JSON: Expecting value at line 1 column 1"
+
+
+@SETTINGS
+@given(valid_frames())
+def test_compact_encoding_is_the_json_of_to_dict(frame: Frame) -> None:
+    # encode_frame writes frames with text data without building the dict: the same text, byte for byte.
+    text = json.dumps(frame.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    assert encode_frame(frame) == re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def test_moderately_nested_data_is_fine() -> None:
@@ -600,6 +619,112 @@ def test_chunk_text_default_limit_and_large_input() -> None:
     assert "".join(f.data for f in frames) == text
     assert max(encoded_size(f) for f in frames) <= DEFAULT_MAX_MESSAGE_BYTES
     assert min(encoded_size(f) for f in frames[:-1]) > DEFAULT_MAX_MESSAGE_BYTES - 12
+
+
+# ---------------------------------------------------------------------------
+# encode_chunks: each frame encoded once, cut from the text escaped once
+
+#: What goes around the data of a command_response with request id "r".
+PREFIX = b'{"operation_type":"command_response","tunnel_service_type":"ssh","request_id":"r","data":"'
+SUFFIX = b'"}'
+
+
+@settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(chunk_cases())
+@example(("a" * 9000 + "\x01" * 500, 10_240, "r-1", Op.COMMAND_RESPONSE))
+@example(("\\" * 7000, 10_240, "r-1", Op.COMMAND_RESPONSE))
+@example(("é\r\n" * 5000, 10_240, "r-1", Op.COMMAND_RESPONSE))
+def test_encode_chunks_are_the_chunked_frames_encoded(case: tuple[str, int, str, Op]) -> None:
+    text, max_bytes, request_id, op = case
+    if max_bytes - encoded_size(Frame(op, request_id, "")) < 6:
+        with pytest.raises(ValueError, match="max_bytes"):
+            list(encode_chunks(text, request_id, op=op, max_bytes=max_bytes))
+        return
+    messages = list(encode_chunks(text, request_id, op=op, max_bytes=max_bytes))
+    frames = list(chunk_text(text, request_id, op=op, max_bytes=max_bytes))
+    # Byte for byte what encode_frame writes for each frame chunk_text makes (whose invariants
+    # are checked above: every piece fits, none could take one more character).
+    assert messages == [encode_frame(f).encode("utf-8") for f in frames]
+    assert "".join(decode_frame(m, max_bytes=max_bytes).data for m in messages) == text
+
+
+@settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.text(st.one_of(st.characters(max_codepoint=127), st.sampled_from('"\\\n\r\t\b\f\x00\x1b\x7f')), max_size=300),
+    st.integers(98, 400),
+)
+@example("line\r\n" * 100, 98)
+@example('"\\\x1b[0m\t' * 100, 101)
+def test_encode_chunks_of_ascii_bytes_are_those_of_their_text(text: str, max_bytes: int) -> None:
+    # Terminal output as read: ASCII bytes are escaped without decoding, to the very same messages.
+    assert list(encode_chunks(text.encode(), "r", max_bytes=max_bytes)) == list(
+        encode_chunks(text, "r", max_bytes=max_bytes)
+    )
+
+
+def test_encode_chunks_refuses_bytes_that_are_not_ascii() -> None:
+    with pytest.raises(ValueError, match="only when they are ASCII"):
+        list(encode_chunks("é".encode(), "r"))
+    assert list(encode_chunks(b"", "r")) == []
+    assert list(encode_chunks(b'a"\\\n\x01', "r")) == [PREFIX + b'a\\"\\\\\\n\\u0001' + SUFFIX]
+
+
+def test_encode_chunks_shape() -> None:
+    assert PREFIX + SUFFIX == encode_frame(Frame(Op.COMMAND_RESPONSE, "r", "")).encode()
+    assert list(encode_chunks("hi\r\n", "r")) == [PREFIX + b"hi\\r\\n" + SUFFIX]
+    assert list(encode_chunks("", "r")) == []
+    assert list(encode_chunks("ls\n", "c-1", op=Op.COMMAND)) == [encode_frame(Frame.command("c-1", "ls\n")).encode()]
+
+
+@pytest.mark.parametrize(
+    ("text", "budget", "pieces"),
+    [
+        ("abcdefgh", 6, [b"abcdef", b"gh"]),
+        # not inside an escape: \u0001 takes 6 bytes, \n 2
+        ("abcde\x01fg", 6, [b"abcde", b"\\u0001", b"fg"]),
+        ("abcde\nfg", 6, [b"abcde", b"\\nfg"]),
+        ("abcd\r\nfg", 6, [b"abcd\\r", b"\\nfg"]),
+        # backslashes pair up from the piece's start: the 7th escaped one opens "\n", the 2nd closes "\\"
+        ("abcd\\e", 6, [b"abcd\\\\", b"e"]),
+        ("\\\\\\\n", 7, [b"\\\\\\\\\\\\", b"\\n"]),
+        ("\\\\\\\\", 7, [b"\\\\\\\\\\\\", b"\\\\"]),
+        # not inside a UTF-8 character
+        ("ab日本", 6, ["ab日".encode(), "本".encode()]),
+        ("abc😀d", 6, [b"abc", "😀d".encode()]),
+        # a byte a device could not decode: one \udcXX escape, whole
+        ("abc\udc80", 6, [b"abc", b"\\udc80"]),
+        # a high and a low surrogate's escapes stay together (JSON reads them as one character) ...
+        ("x\ud83d\ude00", 12, [b"x", b"\\ud83d\\ude00"]),
+        # ... unless the pair alone is over the budget
+        ("\ud83d\ude00", 11, [b"\\ud83d", b"\\ude00"]),
+    ],
+)
+def test_encode_chunks_cut_only_where_a_piece_may_end(text: str, budget: int, pieces: list[bytes]) -> None:
+    max_bytes = len(PREFIX) + len(SUFFIX) + budget
+    assert list(encode_chunks(text, "r", max_bytes=max_bytes)) == [PREFIX + piece + SUFFIX for piece in pieces]
+
+
+def test_encode_chunks_of_a_surrogate_pair_decode_as_the_receiver_reads_them() -> None:
+    together = list(encode_chunks("x\ud83d\ude00", "r", max_bytes=len(PREFIX) + len(SUFFIX) + 12))
+    assert [decode_frame(m).data for m in together] == ["x", "😀"]
+    assert [f.data for f in chunk_text("x\ud83d\ude00", "r", max_bytes=len(PREFIX) + len(SUFFIX) + 12)] == ["x", "😀"]
+    apart = list(encode_chunks("\ud83d\ude00", "r", max_bytes=len(PREFIX) + len(SUFFIX) + 11))
+    assert [decode_frame(m).data for m in apart] == ["\ud83d", "\ude00"]
+
+
+def test_encode_chunks_terminal_output_fills_frames() -> None:
+    line = "tunnelnb-bench 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEF\r\n"  # 61 characters, 63 bytes escaped
+    # 92 bytes of framing leave 10,148 for data; 10,148 = 161 lines + 5 bytes: no cut falls in an escape.
+    messages = list(encode_chunks(line * 1000, "r"))
+    assert [len(m) for m in messages] == [10_240] * 6 + [63_000 - 6 * 10_148 + 92]
+    assert "".join(decode_frame(m).data for m in messages) == line * 1000
+    # With a 9-character id, 10,140 bytes = 160 lines + 60: the first cut would fall inside "\r".
+    prefix = PREFIX.replace(b'"r"', b'"r-1234567"')
+    messages = list(encode_chunks(line * 1000, "r-1234567"))
+    assert len(messages[0]) == 10_239 and messages[0].endswith(b'ABCDEF"}')
+    assert messages[1].startswith(prefix + b"\\r\\ntunnelnb-bench")
+    assert all(len(m) in (10_239, 10_240) for m in messages[:-1])
+    assert "".join(decode_frame(m).data for m in messages) == line * 1000
 
 
 # ---------------------------------------------------------------------------

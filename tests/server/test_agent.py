@@ -369,6 +369,23 @@ async def test_big_output_respects_the_message_limit(fake_platform: FakePlatform
     assert len(frames) < 405_264 / 512  # coalesced, not a frame per PTY read
 
 
+async def test_output_goes_as_compact_frames_encoded_once(fake_platform: FakePlatform, make_agent) -> None:
+    limit = 1024
+    _, dev = await _tunnel(fake_platform, make_agent, max_message_bytes=limit)
+    await dev.login()
+    start = len(dev.wire)
+    # Escapes (\\, ", \n, ESC as \u001b) and two-byte characters at every offset of a frame.
+    out, code, _ = await dev.run("yes 'é \"q\" \\\\ x\033[0m' | head -n 2000", timeout=20)
+    assert (out, code) == ('é "q" \\\\ x\n' * 2000, 0)  # the terminal text, its escape sequence shown as nothing
+    wire = dev.wire[start:]
+    assert "".join(decode_frame(m).data for m in wire).count('é "q" \\\\ x\x1b[0m\n') == 2000
+    assert len(wire) >= 2000 * 17 // limit  # 17 bytes a line, more escaped: frames of about 1 kB
+    for message in wire:
+        frame = decode_frame(message)
+        assert message == encode_frame(frame).encode()  # compact, exactly as encode_frame writes it
+        assert len(message) <= limit
+
+
 async def test_shell_exit_reports_its_status(fake_platform: FakePlatform, make_agent) -> None:
     agent, dev = await _tunnel(fake_platform, make_agent)
     await dev.login()
@@ -450,6 +467,22 @@ async def test_c_sdk_quirk(fake_platform: FakePlatform, make_agent) -> None:
     await dev.send(Frame.command("k3", "head -c 6000 /dev/zero | tr '\\0' '\\042'; sleep 0.3; echo; echo af''ter\n"))
     text, _ = await dev.output_until("after")
     assert text.count('"') == 6000
+
+
+async def test_c_sdk_quirk_splits_a_read_whose_json_is_over_the_limit(fake_platform: FakePlatform, make_agent) -> None:
+    # 2,048 control bytes print as 12,288 bytes of \u0001 escapes: over the platform's 10,240 bytes, so the
+    # read goes in pieces (each as the C SDK would print it), never as one message over the limit.
+    _, dev = await _tunnel(fake_platform, make_agent, quirks="c-sdk", stray_bytes=0)
+    await dev.send(Frame.connect("c1", USER, PASSWORD))
+    assert (await dev.recv()).op is Op.CONNECT_RESPONSE
+    await dev.send(Frame.command("s1", "stty -echo; PS1=''\n"))
+    await dev.send(Frame.command("k1", "head -c 20000 /dev/zero | tr '\\0' '\\1'; echo; echo e''nd\n"))
+    text, frames = await dev.output_until("end")
+    assert text.count("\x01") == 20000
+    assert all(raw.startswith("{\n\t") for raw in dev.raw)  # pretty, as cJSON prints
+    assert max(len(wire) for wire in dev.wire) <= 10_240
+    assert max(len(wire) for wire in dev.wire) > 10_000  # a full read's pieces fill the limit
+    assert all(f.data.count("\x01") <= 2048 for f in frames)
 
 
 async def test_c_sdk_1_1_quirk_drops_what_overflows_its_buffer(fake_platform: FakePlatform, make_agent) -> None:

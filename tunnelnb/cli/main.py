@@ -174,6 +174,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backend", choices=["ssh", "local"], default="ssh", help="ssh: an SSH server per device")
     p.add_argument("--quirks", choices=["none", "c-sdk", "c-sdk-1.1", "csharp-sdk", "mixed"], default="none")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the devices in N processes (default 1: this one); the parent registers them, reports, and "
+        "stops every worker on SIGINT, SIGTERM or a worker's death",
+    )
     _add_tls_client(p)
     _add_log_level(p)
 
@@ -214,6 +222,43 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exact output from devices that damage it (the C SDK's): sent checksummed, damaged parts read again",
     )
+    from collections.abc import Callable
+
+    from ..fleet.rollout import batch_option, canary_option, max_errors_option  # light: no pandas, no network
+
+    def checked(check: Callable[[str], object], name: str) -> Callable[[str], object]:
+        def parse_value(text: str) -> object:
+            try:
+                return check(text)
+            except ValueError as exc:  # argparse shows this message, not "invalid value"
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        parse_value.__name__ = name
+        return parse_value
+
+    rolling = p.add_argument_group(
+        "rolling runs (as AWS Run Command's MaxErrors and Ansible's serial): devices never started are "
+        "rows with status skipped"
+    )
+    rolling.add_argument(
+        "--batch",
+        type=checked(batch_option, "batch"),
+        metavar="N|P%",
+        help="run in batches of N devices (or P%% of the targets, rounded up), each finishing before the next",
+    )
+    rolling.add_argument(
+        "--max-errors",
+        type=checked(max_errors_option, "max_errors"),
+        metavar="N|P%",
+        help="start no new device once more than N (or P%% of the targets, rounded down) have failed; "
+        "those running finish",
+    )
+    rolling.add_argument(
+        "--canary",
+        type=checked(canary_option, "canary"),
+        metavar="N",
+        help="run the first N targets first, and stop there if any of them fails",
+    )
     cloud = p.add_argument_group(
         "Huawei Cloud IoTDA (pip install 'tunnelnb[huaweicloud]'; AK/SK from $HUAWEICLOUD_SDK_AK / _SK, "
         "project from --project-id or $HUAWEICLOUD_SDK_PROJECT_ID)"
@@ -225,6 +270,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_client(p)
     p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
     _add_log_level(p, default="warning")
+
+    _add_file_parsers(sub)
 
     p = sub.add_parser(
         "demo",
@@ -244,6 +291,58 @@ def _parser() -> argparse.ArgumentParser:
         help="do not open a browser (the default without $DISPLAY or $WAYLAND_DISPLAY); open the printed URL",
     )
     return parser
+
+
+def _add_file_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tunnelnb get`` and ``tunnelnb put`` (:mod:`.files`): the connection options are ``run``'s."""
+    usages = {
+        "get": ("TARGETS... -- REMOTE LOCAL_DIR", "copy a file from many devices to LOCAL_DIR/DEVICE_ID/NAME"),
+        "put": ("TARGETS... -- LOCAL REMOTE", "copy a local file to many devices (REMOTE ending in /: a directory)"),
+    }
+    for name, (usage, what) in usages.items():
+        p = sub.add_parser(
+            name,
+            help=what,
+            usage=f"tunnelnb {name} --platform URL [options] {usage}",
+            description=f"{what[0].upper()}{what[1:]}: through each device's shell, checksummed, atomic at the "
+            "destination. Exit status: 0 when every device's file went through, 1 otherwise, 130 when interrupted.",
+        )
+        p.add_argument(
+            "--platform",
+            default=os.environ.get("TUNNELNB_URL"),
+            metavar="URL",
+            help="platform base URL (default: $TUNNELNB_URL)",
+        )
+        _add_platform_auth(p)
+        p.add_argument("--user", default=os.environ.get("TUNNELNB_LOGIN_USER", "ops"), help="login user (default ops)")
+        p.add_argument(
+            "--password-env",
+            default="TUNNELNB_LOGIN_PASSWORD",
+            metavar="VAR",
+            help="environment variable holding the login password (default TUNNELNB_LOGIN_PASSWORD); "
+            "prompted for when unset and stdin is a terminal",
+        )
+        p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=120.0,
+            help="seconds each exchange with a device may take (one moves about a megabyte; default 120)",
+        )
+        p.add_argument("--concurrency", type=int, default=20, help="devices at once (default 20)")
+        if name == "get":
+            p.add_argument("--force", action="store_true", help="replace local files that exist")
+        else:
+            p.add_argument("--keep-mode", action="store_true", help="give the remote file the local file's mode")
+        cloud = p.add_argument_group("Huawei Cloud IoTDA (as for tunnelnb run)")
+        cloud.add_argument("--huaweicloud", action="store_true", help="use IoTDA through the official SDK")
+        cloud.add_argument("--region", help="IoTDA region, e.g. cn-north-4")
+        cloud.add_argument("--endpoint", metavar="URL", help="your instance's application endpoint")
+        cloud.add_argument("--instance-id", help="IoTDA instance id (Instance-Id header)")
+        _add_tls_client(p)
+        p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
+        p.add_argument("paths", nargs=2, metavar="PATH", help="REMOTE LOCAL_DIR (get), LOCAL REMOTE (put)")
+        _add_log_level(p)
 
 
 def _configure_logging(level: str, *, access_log: bool = False) -> None:
@@ -292,6 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _configure_logging(args.log_level)
             return run_command(args, " ".join(command))
+        if args.command in ("get", "put"):
+            from .files import transfer_command
+
+            _configure_logging(args.log_level)
+            return transfer_command(args)
         if args.command == "sim":
             return _sim(args)
         if args.command == "platform":
@@ -355,9 +459,14 @@ def _sim(args: argparse.Namespace) -> int:
     from ..sim import serve
 
     _configure_logging(args.log_level)
+    if args.workers < 1:
+        raise TunnelnbError(f"--workers {args.workers}: give at least 1 (1 runs every device in this process)")
     token = _secret(args.api_token, "TUNNELNB_API_TOKEN", "API token")
+    # Workers make their own TLS contexts, from the same options.
+    tls = {"ca_bundle": args.ca_bundle, "insecure": args.insecure} if args.workers > 1 else {"ssl": _client_ssl(args)}
     asyncio.run(
         serve(
+            workers=args.workers,
             platform_url=args.platform,
             api_token=token,
             project_id=args.project_id,
@@ -368,7 +477,7 @@ def _sim(args: argparse.Namespace) -> int:
             backend=args.backend,
             quirks=args.quirks,
             password=os.environ.get("TUNNELNB_LOGIN_PASSWORD"),
-            ssl=_client_ssl(args),
+            **tls,
         )
     )
     return 0

@@ -40,6 +40,7 @@ _STATUS_SGR = {
     "auth_failed": "\x1b[31;1m",
     "disconnected": "\x1b[35m",
     "cancelled": "\x1b[2m",
+    "skipped": "\x1b[2m",
 }
 _STATUS_COLUMN = RESULT_HEADER.index("STATUS")
 
@@ -149,6 +150,9 @@ def run_command(args: argparse.Namespace, command: str) -> int:
                     on_result=progress.update,
                     ok_codes=args.ok_codes,
                     verify=args.verify,
+                    batch=args.batch,
+                    max_errors=args.max_errors,
+                    canary=args.canary,
                 )
             except asyncio.CancelledError:
                 if fleet.last_results is not None:

@@ -22,6 +22,7 @@ class ResultStatus:
     AUTH_FAILED = "auth_failed"
     DISCONNECTED = "disconnected"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # never started: a rolling run stopped first (fleet/rollout.py)
 
 
 @dataclass

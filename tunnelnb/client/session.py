@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -59,7 +59,8 @@ from .recovery import (
 from .result import CommandResult, ResultStatus
 from .shellsync import ShellEvents, sync_shell
 from .state import Event, SessionState
-from .verified import remove_temp_files, run_verified
+from .transfer import DEFAULT_TIMEOUT_S, FileResult, Outcome, Progress, download, guarded, upload
+from .verified import Execute, remove_temp_files, run_verified
 
 __all__ = ["NOTE_NEW_SHELL", "NOTE_NEW_TUNNEL", "NOTE_SHELL_RESTARTED", "DeviceSession"]
 
@@ -398,6 +399,51 @@ class DeviceSession(TunnelLink):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    # -- files (tunnelnb.client.transfer) -------------------------------------
+
+    async def get_file(
+        self, remote_path: str, *, timeout: float = DEFAULT_TIMEOUT_S, on_progress: Progress | None = None
+    ) -> FileResult:
+        """Copy ``remote_path`` from the device: its exact bytes (``data``), or a status saying why not.
+
+        Checksummed as a verified run is (:func:`tunnelnb.client.transfer.download`);
+        ``timeout`` is each exchange's (about a megabyte); ``on_progress(done, total)``
+        follows the bytes.  Holds the command lock and logs in first, as :meth:`run` does.
+        """
+        work = partial(download, path=remote_path, timeout=timeout, on_progress=on_progress)
+        return await self._transfer(remote_path, timeout, work)
+
+    async def put_file(
+        self,
+        data: bytes,
+        remote_path: str,
+        *,
+        mode: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        on_progress: Progress | None = None,
+    ) -> FileResult:
+        """Write ``data`` to ``remote_path`` on the device, whole and checked or not at all (a temporary file, ``mv``).
+
+        ``mode`` (e.g. ``0o755``) defaults to the replaced file's, else 0666 less
+        the umask (:func:`tunnelnb.client.transfer.upload`); the rest as :meth:`get_file`.
+        """
+        work = partial(upload, data=data, path=remote_path, timeout=timeout, temp_files=self._temp_files, mode=mode)
+        return await self._transfer(remote_path, timeout, partial(work, on_progress=on_progress))
+
+    async def _transfer(self, path: str, timeout: float, work: Callable[[Execute], Awaitable[Outcome]]) -> FileResult:
+        """``work(self._execute)`` on a logged-in, answering shell, under the command lock; always a result."""
+        started_at, t0 = self._clock.now(), self._clock.monotonic()
+        async with self._lock:
+            failed = await self._prepare(timeout)
+            if failed is None and self._temp_files:  # left by verified runs or puts that timed out
+                await self._remove_temp_files()
+                failed = await self._prepare(timeout)
+            try:
+                outcome = Outcome(*failed) if failed is not None else await guarded(work, self._execute, timeout)
+            finally:
+                await self._remove_temp_files()
+        return outcome.result(self.device_id, path, started_at, self._clock.monotonic() - t0)
 
     async def _execute(
         self,

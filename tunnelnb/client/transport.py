@@ -115,7 +115,7 @@ class TunnelSocket:
 
     async def send(self, frame: Frame) -> None:
         text = encode_frame(frame)
-        size = len(text.encode("utf-8"))
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))  # (valid UTF-8: surrogates are escaped)
         if size > self.max_message_bytes:
             raise ValueError(f"{frame.op} frame of {size} bytes exceeds the {self.max_message_bytes}-byte limit")
         try:

@@ -64,8 +64,14 @@ class SyncFleet:
         on_result: ResultCallback | None = None,
         ok_codes: Iterable[int] = DEFAULT_OK_CODES,
         verify: bool = False,
+        batch: int | str | None = None,
+        max_errors: int | str | None = None,
+        canary: int | None = None,
     ) -> Results:
-        """Like :meth:`Fleet.run` (every option); Ctrl-C cancels the run and returns its rows (``cancelled``)."""
+        """Like :meth:`Fleet.run` (every option, the rolling ones too: ``batch``, ``max_errors``, ``canary``).
+
+        Ctrl-C cancels the run and returns its rows (``cancelled``).
+        """
         run = self.fleet.run(
             command,
             targets,
@@ -75,6 +81,9 @@ class SyncFleet:
             on_result=on_result,
             ok_codes=ok_codes,
             verify=verify,
+            batch=batch,
+            max_errors=max_errors,
+            canary=canary,
         )
         try:
             return self._runner.run(run)

@@ -5,7 +5,9 @@
 ``max_sessions`` of them at a time (IoTDA lets 100 devices be logged in at once
 per instance; the least recently used idle session makes room for the next),
 and runs commands on up to ``concurrency`` devices at once.  Every device gets
-a row whatever happens: failures are rows, never exceptions.
+a row whatever happens: failures are rows, never exceptions.  :meth:`Fleet.each`
+is the same fan-out for any per-device work (:mod:`.devicerun` makes each row),
+and every fan-out can roll out in batches under an error budget (:mod:`.rollout`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import dataclasses
 import getpass
 import itertools
 import logging
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,28 +29,25 @@ import pandas as pd
 from ..client.backend import PASSWORD_PLACEHOLDER, PlatformBackend
 from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
-from ..errors import AuthFailed, DeviceOffline, FleetSizeWarning, PlatformError, TunnelnbError
-from .exitcodes import DEFAULT_OK_CODES, apply_ok_codes, check_ok_codes
-from .logins import Logins, keep_working_login
+from ..errors import FleetSizeWarning, TunnelnbError
+from .devicerun import RUNNING_COMMAND, DeviceJob, DeviceWork, FleetParts, OutputCallback, command_work, run_device
+from .exitcodes import DEFAULT_OK_CODES, check_ok_codes
+from .logins import Logins
 from .partial import Partial, partial_row
 from .pool import SessionPool
 from .results import Results
+from .rollout import Rollout
 from .tables import inventory_table, status_table
 from .targets import select_targets
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "RUNNING_COMMAND", "Fleet"]
+__all__ = ["DEFAULT_MAX_SESSIONS", "RUNNING_COMMAND", "DeviceWork", "Fleet", "OutputCallback", "ResultCallback"]
 
 log = logging.getLogger(__name__)
 
 #: IoTDA allows at most 100 devices logged in at once per instance.
 DEFAULT_MAX_SESSIONS = 100
 
-#: The user's command a device's task is running (set by the fleet per device task), so
-#: that a backend that cannot answer (a replay whose cassette lacks it) can name it.
-RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command", default=None)
-
-
-OutputCallback = Callable[[str, str], None]
+#: ``on_result(row)``: each device's row as soon as it is done.
 ResultCallback = Callable[[CommandResult], None]
 
 
@@ -193,7 +190,7 @@ class Fleet:
             self._logins.set(ids, user, password)
         if concurrency is None:
             concurrency = min(self.concurrency, self.max_sessions)
-        return await self._fan_out("<login>", ids, timeout, None, concurrency=concurrency, login_only=True)
+        return await self._each("<login>", ids, None, timeout, concurrency, None, {})
 
     # -- runs ----------------------------------------------------------------
 
@@ -208,6 +205,9 @@ class Fleet:
         on_result: ResultCallback | None = None,
         ok_codes: Iterable[int] = DEFAULT_OK_CODES,
         verify: bool = False,
+        batch: int | str | None = None,
+        max_errors: int | str | None = None,
+        canary: int | None = None,
     ) -> Results:
         """Run ``command`` on every target; one row per device, whatever happens.
 
@@ -216,43 +216,109 @@ class Fleet:
         other status is ``error``.  ``verify=True`` gets exact output from devices that damage it
         (:meth:`DeviceSession.run`; no live output) or says ``output damaged in transit``.
 
+        A rolling run (:mod:`tunnelnb.fleet.rollout`): ``batch`` (N or ``"P%"``) runs the
+        targets in batches, each finishing before the next starts; ``max_errors`` (N or
+        ``"P%"``) starts no new device once more rows than that have failed; ``canary=N``
+        runs the first N targets first and stops if any fails.  Devices never started
+        are ``skipped`` rows saying why.
+
         ``on_output(device_id, text)`` sees output as it arrives, ``on_result(row)``
-        each device's row as soon as it is done (for progress displays).  Cancelling
-        interrupts every command in flight (Ctrl-C on the devices), records the
-        rows as ``cancelled`` in :attr:`history` and :attr:`last_results`, and
-        re-raises; the sessions stay usable.
+        each device's row as soon as it is done (for progress displays; ``skipped`` rows
+        when the run stops).  Cancelling interrupts every command in flight (Ctrl-C on the
+        devices), records the rows as ``cancelled`` in :attr:`history` and
+        :attr:`last_results`, and re-raises; the sessions stay usable.
         """
+        codes = check_ok_codes(ok_codes)
+        progress: dict[str, Partial] = {}
+        work = command_work(command, timeout, on_output, codes, verify, progress)
+        return await self._each(
+            command,
+            targets,
+            work,
+            timeout,
+            concurrency,
+            on_result,
+            progress,
+            batch=batch,
+            max_errors=max_errors,
+            canary=canary,
+        )
+
+    async def each(
+        self,
+        label: str,
+        targets: str | Iterable[str],
+        work: DeviceWork,
+        *,
+        timeout: float = 30.0,
+        concurrency: int | None = None,
+        on_result: ResultCallback | None = None,
+        batch: int | str | None = None,
+        max_errors: int | str | None = None,
+        canary: int | None = None,
+    ) -> Results:
+        """Await ``work(session)`` on every target, each session logged in as :meth:`run` does it.
+
+        The seam for operations other than a command (file transfers): ``work`` returns
+        the device's :class:`CommandResult` (its ``command`` becomes ``label``, its
+        ``started_at`` and ``duration_s`` the device's whole part: session and login
+        included).  Everything else is :meth:`run`'s: a device that is offline, refuses
+        the login or drops is a row; a ``TunnelnbError`` from ``work`` makes the row
+        ``disconnected``, any other exception too (and closes that session: a bug costs
+        one row); cancelling makes ``cancelled`` rows; the rows go to :attr:`history`;
+        ``batch``, ``max_errors`` and ``canary`` roll the work out as :meth:`run` does.
+        ``timeout`` bounds getting the session and the login; ``work`` bounds its own
+        steps (``session.run(..., timeout=...)``), as a command's row says ``timeout``.
+        """
+        return await self._each(
+            label, targets, work, timeout, concurrency, on_result, {}, batch=batch, max_errors=max_errors, canary=canary
+        )
+
+    async def _each(
+        self,
+        label: str,
+        targets: str | Iterable[str],
+        work: DeviceWork | None,
+        timeout: float,
+        concurrency: int | None,
+        on_result: ResultCallback | None,
+        progress: dict[str, Partial],
+        *,
+        batch: int | str | None = None,
+        max_errors: int | str | None = None,
+        canary: int | None = None,
+    ) -> Results:
         if not self._inventory:
             await self.refresh()
-        codes = check_ok_codes(ok_codes)
         ids = self.select(targets)
+        job = DeviceJob(label, work, timeout, progress)
         return await self._fan_out(
-            command,
-            ids,
-            timeout,
-            on_output,
-            concurrency=concurrency,
-            on_result=on_result,
-            ok_codes=codes,
-            verify=verify,
+            job, ids, concurrency=concurrency, on_result=on_result, batch=batch, max_errors=max_errors, canary=canary
         )
 
     async def _fan_out(
         self,
-        command: str,
+        job: DeviceJob,
         ids: list[str],
-        timeout: float,
-        on_output: OutputCallback | None,
         *,
         concurrency: int | None = None,
-        login_only: bool = False,
         on_result: ResultCallback | None = None,
-        ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
-        verify: bool = False,
+        batch: int | str | None = None,
+        max_errors: int | str | None = None,
+        canary: int | None = None,
     ) -> Results:
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         limit = asyncio.Semaphore(self.concurrency if concurrency is None else concurrency)
+        if batch is None and max_errors is None and canary is None:
+            # Devices already logged in go first, so a run larger than the session pool
+            # uses their sessions before newcomers evict them.  A rolling run keeps the
+            # targets' order: its canaries and batches are the ones the user listed.
+            ready = {d for d in ids if (s := self._pool.get(d)) is not None and s.logged_in}
+            order = [d for d in ids if d in ready] + [d for d in ids if d not in ready]
+        else:
+            order = ids
+        plan = Rollout(order, batch=batch, max_errors=max_errors, canary=canary)
         rows: dict[str, CommandResult] = {}
         started_at = datetime.now(UTC)
         if len(ids) > self.max_sessions:
@@ -260,163 +326,67 @@ class Fleet:
                 f"{len(ids)} targets but at most {self.max_sessions} sessions at once: devices beyond that "
                 "log in again on every run; raise Fleet.max_sessions if your instance allows more",
                 FleetSizeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-
-        progress: dict[str, Partial] = {}
+        parts = FleetParts(
+            lambda: self.api,
+            self._pool,
+            self._logins,
+            self._running,
+            self._last,
+            self._changed,
+            self._set_online,
+            self.close,
+        )
 
         async def one(device_id: str) -> None:
             async with limit:
-                rows[device_id] = row = await self._run_one(
-                    device_id, command, timeout, on_output, login_only, progress, ok_codes, verify
-                )
+                if not plan.may_start(device_id):  # the budget ran out while it waited
+                    return
+                plan.start(device_id)
+                rows[device_id] = row = await run_device(parts, job, device_id)
+                plan.finish(device_id, row.status)
             if on_result is not None:
                 on_result(row)
 
-        # Devices already logged in go first, so a run larger than the session pool
-        # uses their sessions before newcomers evict them.
-        ready = [d for d in ids if (s := self._pool.get(d)) is not None and s.logged_in]
-        ready_set = set(ready)
-        order = ready + [d for d in ids if d not in ready_set]
-        tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in order]
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await asyncio.gather(*tasks)
+            for _ in range(len(plan.batches) + 1):  # each wave ends a batch, or the run
+                wave = plan.ready()
+                if not wave:
+                    break
+                tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in wave]
+                await asyncio.gather(*tasks)
         except BaseException:  # cancelled, or a strict replay that left its cassette: stop every device
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._record(command, ids, rows, started_at, progress)
+            self._record(job, ids, rows, started_at)
             raise
-        return self._record(command, ids, rows, started_at, progress)
+        for device_id in plan.not_started():
+            rows[device_id] = skipped = partial_row(
+                device_id, job.label, ResultStatus.SKIPPED, plan.skip_reason, None, started_at
+            )
+            if on_result is not None:
+                on_result(skipped)
+        return self._record(job, ids, rows, started_at)
 
-    def _record(
-        self,
-        command: str,
-        ids: list[str],
-        rows: dict[str, CommandResult],
-        started_at: datetime,
-        progress: dict[str, Partial],
-    ) -> Results:
+    def _record(self, job: DeviceJob, ids: list[str], rows: dict[str, CommandResult], started_at: datetime) -> Results:
         def cancelled(device_id: str) -> CommandResult:
             cancel = "the run was cancelled"
-            return partial_row(device_id, command, ResultStatus.CANCELLED, cancel, progress.get(device_id), started_at)
+            partial = job.progress.get(device_id)
+            return partial_row(device_id, job.label, ResultStatus.CANCELLED, cancel, partial, started_at)
 
         results = Results([rows.get(d) or cancelled(d) for d in ids])
         self._runs.append((next(self._run_ids), results))
         self.last_results = results
         return results
 
-    async def _run_one(
-        self,
-        device_id: str,
-        command: str,
-        timeout: float,
-        on_output: OutputCallback | None,
-        login_only: bool,
-        progress: dict[str, Partial],
-        ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
-        verify: bool = False,
-    ) -> CommandResult:
-        self._running[device_id] = command
-        self._changed(device_id)
-        try:
-            result = await self._run_one_row(
-                device_id, command, timeout, on_output, login_only, progress, ok_codes, verify
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug must cost one row, never the table
-            log.exception("device %s: the run failed", device_id)
-            error = f"tunnelnb failed on this device ({type(exc).__name__}: {exc}); the next run starts afresh"
-            result = partial_row(
-                device_id, command, ResultStatus.DISCONNECTED, error, progress.get(device_id), datetime.now(UTC)
-            )
-            await self.close([device_id])
-        finally:
-            self._running.pop(device_id, None)
-        if not login_only:
-            self._last[device_id] = result
-        if result.status == ResultStatus.OFFLINE:
-            self._set_online(device_id, False)
-        elif result.status in (ResultStatus.OK, ResultStatus.ERROR, ResultStatus.TIMEOUT):
-            self._set_online(device_id, True)
-        self._changed(device_id)
-        return result
-
     def _set_online(self, device_id: str, online: bool) -> None:
         """What a run learnt about a device, until the next :meth:`refresh`."""
         for d in self._inventory:
             if d.get("device_id") == device_id:
                 d["status"] = "ONLINE" if online else "OFFLINE"
-
-    async def _run_one_row(
-        self,
-        device_id: str,
-        command: str,
-        timeout: float,
-        on_output: OutputCallback | None,
-        login_only: bool,
-        progress: dict[str, Partial],
-        ok_codes: tuple[int, ...] = DEFAULT_OK_CODES,
-        verify: bool = False,
-    ) -> CommandResult:
-        RUNNING_COMMAND.set(command)  # this device's task only: names the command if a replay has no answer
-        clock = self.api.clock_for(device_id)
-        started_at = clock.now()
-        t0 = clock.monotonic()
-        done = progress[device_id] = Partial(clock, t0, started_at)
-
-        def row(status: str, error: str) -> CommandResult:
-            return CommandResult(device_id, command, status, None, "", clock.monotonic() - t0, started_at, error)
-
-        try:
-            session = await self._pool.acquire(device_id, timeout)
-        except asyncio.CancelledError:
-            raise
-        except DeviceOffline as exc:
-            return row(ResultStatus.OFFLINE, str(exc))
-        except (TunnelnbError, PlatformError) as exc:
-            return row(ResultStatus.DISCONNECTED, str(exc))
-        try:
-            changed = self._logins.take_changed(device_id)
-            if changed or not session.logged_in:
-                credentials = self._logins.get(device_id)
-                if credentials is None:
-                    return row(
-                        ResultStatus.AUTH_FAILED,
-                        "no login for this device: fleet.login(targets, user=..., password_env=...)",
-                    )
-                was_working = session.logged_in
-                try:
-                    await session.login(*credentials, timeout=min(timeout, 30.0))
-                    self._logins.worked(device_id, credentials)
-                except AuthFailed as exc:
-                    if changed and was_working:
-                        return row(ResultStatus.AUTH_FAILED, await keep_working_login(self._logins, session, exc))
-                    return row(ResultStatus.AUTH_FAILED, str(exc))
-                except DeviceOffline as exc:
-                    return row(ResultStatus.OFFLINE, str(exc))
-                except TunnelnbError as exc:  # LoginError, or the session closed or dropped meanwhile
-                    return row(ResultStatus.DISCONNECTED, str(exc))
-            if login_only:
-                return CommandResult(device_id, command, ResultStatus.OK, 0, "", clock.monotonic() - t0, started_at, "")
-
-            def callback(text: str) -> None:
-                done.chunks.append(text)
-                if on_output is not None:
-                    on_output(device_id, text)
-
-            try:
-                result = await session.run(command, timeout=timeout, on_output=callback, verify=verify)
-            except asyncio.CancelledError:
-                raise
-            except TunnelnbError as exc:
-                return row(ResultStatus.DISCONNECTED, str(exc))
-            # The row counts the device's whole part of the run: a new tunnel and a login included.
-            result = dataclasses.replace(result, started_at=started_at, duration_s=clock.monotonic() - t0)
-            return apply_ok_codes(result, ok_codes)
-        finally:
-            await self._pool.release(device_id)
 
     # -- the session pool -------------------------------------------------
 

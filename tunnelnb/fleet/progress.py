@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TextIO
 
-from ..client.result import CommandResult
+from ..client.result import CommandResult, ResultStatus
 from .tables import byte_size, is_binary
 
 __all__ = ["LiveOutput", "ProgressCounts", "TextProgress"]
@@ -81,24 +81,31 @@ class LiveOutput:
 
 
 class ProgressCounts:
-    """Done, ok and failed out of a total, as ``[12/50] 10 ok, 2 failed``: the base of every progress display."""
+    """Done, ok and failed out of a total, as ``[12/50] 10 ok, 2 failed``: the base of every progress display.
+
+    Devices a rolling run never started (``skipped``) are done but neither ok nor
+    failed: ``[50/50] 10 ok, 2 failed, 38 skipped``.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.ok = self.failed = 0
+        self.ok = self.failed = self.skipped = 0
 
     def update(self, row: CommandResult) -> None:
         if row.ok:
             self.ok += 1
+        elif row.status == ResultStatus.SKIPPED:
+            self.skipped += 1
         else:
             self.failed += 1
 
     @property
     def done(self) -> int:
-        return self.ok + self.failed
+        return self.ok + self.failed + self.skipped
 
     def line(self) -> str:
-        return f"[{self.done}/{self.total}] {self.ok} ok, {self.failed} failed"
+        skipped = f", {self.skipped} skipped" if self.skipped else ""
+        return f"[{self.done}/{self.total}] {self.ok} ok, {self.failed} failed{skipped}"
 
 
 class TextProgress(ProgressCounts):

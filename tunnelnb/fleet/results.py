@@ -18,6 +18,7 @@ from typing import Any, overload
 import pandas as pd
 
 from ..client.result import CommandResult, ResultStatus
+from .drift import Drift, IgnorePatterns, Outliers, diff_results, find_outliers
 from .parsers import parse_results
 from .tables import output_text
 from .text import one_line, results_table
@@ -231,6 +232,29 @@ class Results:
             }
         )
         return frame
+
+    def diff(self, baseline: str | None = None, *, context: int = 3, ignore: IgnorePatterns = None) -> Drift:
+        """Which devices printed something else than ``baseline``, with a unified diff each (:class:`.drift.Drift`).
+
+        ``baseline`` is a device id of these results (its output is the reference, its row
+        says ``baseline``) or the reference text itself (a known-good config); None compares
+        with the majority's output.  A one-word baseline shaped like the device ids is taken
+        for one and must be among them (end a one-word text with a newline).  Outputs are
+        compared as :meth:`groups` compares them, after removing each match of ``ignore`` (a
+        regex or a list) from every line, dropping lines left empty.  Rows that are not ok
+        are not compared: ``same`` is ``<NA>`` and ``diff`` says why.
+        """
+        return diff_results(self._results, baseline, normalise=normalise_output, context=context, ignore=ignore)
+
+    def outliers(self, *, threshold: float | None = None, ignore: IgnorePatterns = None) -> Outliers:
+        """Devices whose output few others share, each with a diff against the majority (:class:`.drift.Outliers`).
+
+        The ok devices are grouped by output (as :meth:`groups` does, after ``ignore``); a
+        group smaller than the largest is an outlier when it holds at most ``threshold`` of
+        them (by default 10 %, or any such group while fewer than 20 devices are ok).
+        Rows that are not ok are listed in ``.failed``, with their status.
+        """
+        return find_outliers(self._results, normalise=normalise_output, threshold=threshold, ignore=ignore)
 
     def summary(self) -> str:
         """One line telling the groups apart: ``7 devices printed "6.1.0", 2 printed "5.10.0", 1 offline``."""

@@ -16,7 +16,7 @@ __all__ = ["WidgetProgress"]
 
 
 class WidgetProgress(ProgressCounts):
-    """An ipywidgets progress bar (done / total, with ok and failed counts) for notebooks.
+    """An ipywidgets progress bar (done / total, with ok, failed and skipped counts) for notebooks.
 
     Quick runs show nothing: the bar is made and displayed, in the cell that
     started the run, only once the run has lasted ``after_s`` seconds (a loop
@@ -41,7 +41,9 @@ class WidgetProgress(ProgressCounts):
         if self.bar is not None:
             self.bar.value = self.done
             self.label.value = self.line()
-            if self.failed:
+            if self.skipped:  # a rolling run stopped: its budget is spent or a canary failed
+                self.bar.bar_style = "danger"
+            elif self.failed:
                 self.bar.bar_style = "warning"
 
     def show(self) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "Status",
     "chunk_text",
     "decode_frame",
+    "encode_chunks",
     "encode_frame",
     "encoded_size",
     "require_utf8",
@@ -166,6 +167,10 @@ _TYPE_NAMES = {type(None): "null", dict: "an object", str: "a string"}
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: A string as a JSON string (quotes included), as ``json.dumps(s, ensure_ascii=False)`` writes it.
+_json_string = json.JSONEncoder(ensure_ascii=False).encode
+#: JSON's parser without :func:`json.loads`'s wrapping: the value, and where it ended.
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def encode_frame(frame: Frame, *, pretty: bool = False) -> str:
@@ -176,13 +181,25 @@ def encode_frame(frame: Frame, *, pretty: bool = False) -> str:
     written as ``\\udcXX`` escapes, so the message stays valid UTF-8 and the
     receiver can put the bytes back together.
     """
-    text = json.dumps(
-        frame.to_dict(),
-        ensure_ascii=False,
-        indent="\t" if pretty else None,
-        separators=None if pretty else (",", ":"),
-    )
+    data = frame.data
+    if isinstance(data, str) and not pretty:  # text (command, output): no dict to build and walk
+        text = _head(frame.op, frame.service_type, frame.request_id) + _json_string(data) + "}"
+    else:
+        text = json.dumps(
+            frame.to_dict(),
+            ensure_ascii=False,
+            indent="\t" if pretty else None,
+            separators=None if pretty else (",", ":"),
+        )
     return _escape_surrogates(text)
+
+
+def _head(op: Op, service_type: str, request_id: str) -> str:
+    """A frame's compact JSON text up to its data's value: ``{"operation_type":…,"data":``."""
+    return (
+        f'{{"operation_type":"{op._value_}","tunnel_service_type":{_json_string(service_type)},'
+        f'"request_id":{_json_string(request_id)},"data":'
+    )
 
 
 def _escape_surrogates(text: str) -> str:
@@ -211,24 +228,35 @@ def decode_frame(message: str | bytes, *, max_bytes: int | None = DEFAULT_MAX_ME
 
     Raises :class:`ProtocolError` with one sentence naming the problem.
     """
-    size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
-    if max_bytes is not None and size > max_bytes:
-        raise ProtocolError(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
+    if max_bytes is not None:  # measured only when asked: a relay has measured the bytes already
+        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            raise ProtocolError(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
     if isinstance(message, bytes):
         message = message.decode("utf-8", "surrogateescape")
     try:
-        obj = json.loads(message)
+        obj, end = _raw_decode(message)
+    except (json.JSONDecodeError, RecursionError):
+        obj, end = None, -1
+    if end != len(message):  # not a value alone (whitespace around it, or no JSON): json.loads decides, and says why
+        obj = _loads(message)
+    return frame_from_dict(obj)
+
+
+def _loads(message: str) -> Any:
+    """:func:`json.loads`, its errors said as :class:`ProtocolError`."""
+    try:
+        return json.loads(message)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"message is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ProtocolError("message is not JSON: nested too deeply") from None
-    return frame_from_dict(obj)
 
 
-def require_utf8(message: bytes) -> None:
-    """Raise :class:`ProtocolError` unless ``message`` is valid UTF-8 (as a WebSocket text message must be)."""
+def require_utf8(message: bytes) -> str:
+    """``message``'s text; :class:`ProtocolError` unless it is valid UTF-8 (as a WebSocket text message must be)."""
     try:
-        message.decode("utf-8")
+        return message.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
@@ -293,7 +321,35 @@ def _json_kind(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Chunking terminal output into command_response frames
+# Chunking terminal output into command_response frames, encoded once
+
+
+def encode_chunks(
+    text: str | bytes,
+    request_id: str,
+    *,
+    op: Op = Op.COMMAND_RESPONSE,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Iterator[bytes]:
+    """``text`` as ``op`` frames of at most ``max_bytes``, already encoded: the messages to send.
+
+    Each message is exactly ``encode_frame(Frame(op, request_id, piece))`` in
+    UTF-8, for consecutive pieces of ``text``, each as full as the limit allows.
+    The text is JSON-escaped once, and the escaped bytes are cut where a piece
+    may end (never inside an escape, a UTF-8 character or a surrogate pair), so
+    nothing is encoded twice or measured by trial.
+
+    ``text`` may be ASCII bytes, as terminal output is read: escaped as they are,
+    without decoding (the usual terminal output, ``\\n``, ``\\r`` and ``\\t``
+    its only control characters, takes a few ``bytes.replace``; others go
+    through JSON's own escaping).  Bytes that are not ASCII are refused
+    (``ValueError``): decode them first.
+    """
+    if not text:
+        return
+    prefix, suffix = _skeleton(op, request_id)
+    for piece in _escaped_pieces(text, _budget(max_bytes, len(prefix) + len(suffix))):
+        yield b"".join((prefix, piece, suffix))
 
 
 def chunk_text(
@@ -305,60 +361,105 @@ def chunk_text(
 ) -> Iterator[Frame]:
     """Split ``text`` into ``op`` frames (output or a long command) of at most ``max_bytes`` encoded.
 
-    Chunks are cut between characters, so a UTF-8 character is never split, and
-    JSON escaping is counted, so ``"`` or a control character cannot push a
-    frame over the limit.
+    The frames of :func:`encode_chunks`: chunks are cut between characters, so a
+    UTF-8 character is never split, and JSON escaping is counted, so ``"`` or a
+    control character cannot push a frame over the limit.
     """
     if not text:
         return
-    overhead = encoded_size(Frame(op, request_id, ""))
+    prefix, suffix = _skeleton(op, request_id)
+    pieces = _escaped_pieces(text, _budget(max_bytes, len(prefix) + len(suffix)))
+    first = next(pieces)
+    following = next(pieces, None)
+    if following is None:  # all of it fits in one frame
+        yield Frame(op, request_id, text)
+        return
+    for piece in itertools.chain((first, following), pieces):
+        yield Frame(op, request_id, json.loads(b"".join((b'"', piece, b'"'))))
+
+
+def _budget(max_bytes: int, overhead: int) -> int:
     budget = max_bytes - overhead
     if budget < 6:  # the largest single-character escape (\u001f) takes 6 bytes
         raise ValueError(f"max_bytes={max_bytes} leaves no room for data after {overhead} bytes of framing")
-    start, n = 0, len(text)
-    while start < n:
-        # A cheap guess, then an exact fit: each char costs 1..6 bytes.
-        end = min(n, start + budget)
-        piece = text[start:end]
-        cost = _string_cost(piece)
-        if cost > budget:
-            end = _fit(text, start, end, budget)
-            piece = text[start:end]
-        yield Frame(op, request_id, piece)
+    return budget
+
+
+def _skeleton(op: Op, request_id: str) -> tuple[bytes, bytes]:
+    """What goes around the data of a compact ``op`` message: its text up to the data's opening quote, and after."""
+    return _escape_surrogates(_head(op, SERVICE_TYPE, request_id) + '"').encode("utf-8"), b'"}'
+
+
+#: A high surrogate's escape followed by a low one's: JSON reads the two as one character.
+_SURROGATE_PAIR = re.compile(rb"\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}")
+_BACKSLASH = 0x5C
+
+
+#: Control bytes that JSON escapes other than as \\n, \\r and \\t (and \\b, \\f: rare in terminal output).
+_OTHER_CONTROLS = bytes(b for b in range(32) if b not in b"\n\r\t")
+
+
+def _escaped(text: str | bytes) -> tuple[bytes, int, int, bool]:
+    """``text``'s JSON string as :func:`encode_frame` writes it: (bytes, start and end of its inside, pairs).
+
+    ``pairs``: it holds surrogates' escapes, which :func:`_cut` must keep together.
+    """
+    if isinstance(text, bytes):
+        if not text.isascii():
+            raise ValueError("encode_chunks takes bytes only when they are ASCII: decode the others first")
+        if len(text.translate(None, _OTHER_CONTROLS)) == len(text):  # the usual terminal output
+            data = text.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            data = data.replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+            return data, 0, len(data), False
+        text = text.decode("ascii")
+    escaped = _json_string(text)
+    pairs = not escaped.isascii() and _LONE_SURROGATE.search(escaped) is not None
+    if pairs:
+        escaped = _escape_surrogates(escaped)
+    data = escaped.encode("utf-8")  # no lone surrogate is left: valid UTF-8
+    return data, 1, len(data) - 1, pairs  # between the quotes
+
+
+def _escaped_pieces(text: str | bytes, budget: int) -> Iterator[memoryview]:
+    """The inside of ``text``'s JSON string as :func:`encode_frame` writes it, in pieces of at most ``budget`` bytes."""
+    data, start, last, pairs = _escaped(text)
+    view = memoryview(data)
+    while start < last:
+        end = start + budget
+        if end >= last:
+            end = last
+        else:
+            end = _cut(data, start, end, pairs=pairs)
+        yield view[start:end]
         start = end
 
 
-def _string_cost(s: str) -> int:
-    """Bytes ``s`` occupies as a JSON string value, encoded as :func:`encode_frame` would."""
-    return len(_escape_surrogates(json.dumps(s, ensure_ascii=False)).encode("utf-8")) - 2
+def _cut(data: bytes, start: int, end: int, *, pairs: bool) -> int:
+    """The last place in ``(start, end]`` where a piece of the escaped string ``data`` may end.
 
-
-def _fit(text: str, start: int, end: int, budget: int) -> int:
-    """The largest ``e`` in (start, end] whose slice costs at most ``budget``.
-
-    Interpolation search on the slice's cost: terminal output is escape-dense
-    (a ``\\r\\n`` per line) but evenly so, and a proportional guess lands
-    within a few characters in two or three encodings instead of fourteen.
+    ``start`` is such a place.  Not inside a UTF-8 character (before a
+    continuation byte), not inside an escape (``\\X`` or ``\\uXXXX``), and with
+    ``pairs``, not between the escapes of a high and a low surrogate, unless that
+    pair alone is over the budget.
     """
-    lo, lo_cost = start, 0  # text[start:lo] fits
-    hi, hi_cost = end, _string_cost(text[start:end])  # text[start:hi] does not
-    while hi - lo > 1:
-        guess = lo + (hi - lo) * (budget - lo_cost) // max(1, hi_cost - lo_cost)
-        mid = min(max(guess, lo + 1), hi - 1)
-        cost = _string_cost(text[start:mid])
-        if cost <= budget:
-            lo, lo_cost = mid, cost
-            # the next char costs at least 1 byte: try the slack as a whole first
-            probe = min(hi - 1, mid + (budget - cost))
-            if probe > mid:
-                probe_cost = _string_cost(text[start:probe])
-                if probe_cost <= budget:
-                    lo, lo_cost = probe, probe_cost
-                else:
-                    hi, hi_cost = probe, probe_cost
-        else:
-            hi, hi_cost = mid, cost
-    return max(lo, start + 1)  # one char always fits (<= 6 bytes <= budget)
+    pos = end
+    while 0x80 <= data[pos] < 0xC0:  # at most 3 continuation bytes; escapes are ASCII
+        pos -= 1
+    slash = data.rfind(b"\\", max(start, pos - 5), pos)
+    if slash >= 0 and _opens_escape(data, start, slash):
+        if slash + (6 if data[slash + 1] == 0x75 else 2) > pos:  # 0x75: "u"
+            pos = slash
+    if pairs and pos - 6 > start and _SURROGATE_PAIR.match(data, pos - 6) and _opens_escape(data, start, pos - 6):
+        pos -= 6
+    return pos
+
+
+def _opens_escape(data: bytes, start: int, slash: int) -> bool:
+    """Whether the backslash at ``slash`` begins an escape (``\\\\`` pairs up backslashes from ``start``)."""
+    if slash == start or data[slash - 1] != _BACKSLASH:
+        return True
+    before = data[start:slash]
+    return (len(before) - len(before.rstrip(b"\\"))) % 2 == 0
 
 
 # ---------------------------------------------------------------------------

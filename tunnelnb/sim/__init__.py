@@ -8,6 +8,7 @@ from .fleet import BACKENDS, SimulatedFleet, device_secret
 from .profiles import MISBEHAVIOURS, MODELS, DeviceProfile, app_log, device_conf, make_profiles
 from .sandbox import SANDBOX_MODES
 from .serve import serve
+from .workers import ShardedFleet
 
 __all__ = [
     "BACKENDS",
@@ -15,6 +16,7 @@ __all__ = [
     "MODELS",
     "SANDBOX_MODES",
     "DeviceProfile",
+    "ShardedFleet",
     "SimulatedFleet",
     "app_log",
     "device_conf",

@@ -101,7 +101,10 @@ the spot): 980 ``ok`` and the 20 ``offline`` ones, in 57 s with ``ssh`` (the fle
 process used 27.5 s of CPU, 108 MB RSS after) and 51 s with ``local`` (15.7 s,
 88 MB); the two cores were busy with the client, the platform and the launchers too.
 The ``local`` backend is the lighter one (no SSH handshake per login) and still a real
-``/bin/sh`` on a real PTY.
+``/bin/sh`` on a real PTY.  One process runs every device's agent, SSH server and shell
+start on one event loop, and each shell start blocks that loop until the shell's process
+has been forked and exec'd: from a few hundred devices on, :class:`~tunnelnb.sim.workers.ShardedFleet`
+(``tunnelnb sim --workers N``) runs them in N processes instead.
 """
 
 from __future__ import annotations
@@ -109,28 +112,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import logging
 import os
 import random
 import re
-import secrets
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..client.api import PlatformAPI
-from ..errors import DeviceAuthError, PlatformError, TunnelnbError
+from ..errors import DeviceAuthError, TunnelnbError
 from ..server.agent import Agent
 from ..server.oslimits import raise_open_files_limit
 from ..server.sshserver import ShellServer
 from .profiles import DEFAULT_USER, DeviceProfile, make_profiles
 from .proxies import LinkProxy
+from .registration import all_or_nothing, device_secret, random_password, register_devices
 from .sandbox import SANDBOX_MODES, FleetFiles, probe_launcher, sandbox_candidates
 
 __all__ = ["BACKENDS", "SimulatedFleet", "device_secret"]
@@ -165,6 +165,8 @@ class SimulatedFleet:
     fleet-wide login password (random when None); ``user`` the login user (``ops``).
     ``sandbox`` is one of :data:`SANDBOX_MODES` (see :mod:`tunnelnb.sim.sandbox`).
     ``agent_options`` are passed on to every :class:`~tunnelnb.server.agent.Agent`.
+    ``register=False`` skips AddDevice: someone registered the devices already (the
+    parent of a fleet run in worker processes, :mod:`tunnelnb.sim.workers`).
 
     Use as ``async with SimulatedFleet(url, api_token=token, devices=100) as fleet``.
     """
@@ -188,6 +190,7 @@ class SimulatedFleet:
         concurrency: int = 64,
         agent_options: dict[str, Any] | None = None,
         ssl: Any = True,
+        register: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -203,6 +206,7 @@ class SimulatedFleet:
         self.seed = seed
         self.backend = backend
         self.concurrency = concurrency
+        self._register = register
         self.agent_options = dict(agent_options or {})
         # An https platform: True verifies with the system CAs, an SSLContext with a CA bundle (tunnelnb.tls).
         self.ssl = ssl
@@ -221,11 +225,11 @@ class SimulatedFleet:
         self.profiles: list[DeviceProfile] = profiles
         self._by_id = {p.device_id: p for p in profiles}
         self._user = user
-        self._password = password if password is not None else _random_password()
+        self._password = password if password is not None else random_password()
         #: Each device's password: the fleet's, but a password of their own for wrong_password devices.
         self._passwords = {
             p.device_id: p.login_password
-            or (_random_password() if p.misbehaviour == "wrong_password" else self._password)
+            or (random_password() if p.misbehaviour == "wrong_password" else self._password)
             for p in profiles
         }
         self._root_arg = Path(root) if root is not None else None
@@ -283,6 +287,40 @@ class SimulatedFleet:
         """The program that starts the device's shell in its sandbox (run it to look around)."""
         return self._devices[device_id].launcher
 
+    @property
+    def ssh_ports(self) -> dict[str, int]:
+        """``{device_id: port}`` of the devices' SSH servers (``backend="ssh"``, online devices, once started)."""
+        return {d: dev.server.port for d, dev in self._devices.items() if dev.server is not None}
+
+    async def build_sandboxes(self, concurrency: int | None = None) -> tuple[float, int]:
+        """Start every online device's shell once (``sh -c true``), so its sandbox exists before any login.
+
+        A device's first login makes its files and its ``/data`` (``mkfs``), which a
+        benchmark should not time.  ``concurrency`` launchers at a time (default:
+        twice the CPUs).  Returns the seconds it took and how many failed.
+        """
+        sem = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
+        failures = 0
+
+        async def one(dev: _SimDevice) -> None:
+            nonlocal failures
+            async with sem:
+                proc = await asyncio.create_subprocess_exec(
+                    str(dev.launcher),
+                    "-c",
+                    "true",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                if await proc.wait() != 0:
+                    failures += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(d) for d in self._devices.values() if d.profile.online))
+        return time.perf_counter() - t0, failures
+
     def summary(self) -> list[str]:
         """A few lines for an operator: how many devices, which backend and sandbox, who misbehaves."""
         online = sum(1 for p in self.profiles if p.online)
@@ -331,7 +369,17 @@ class SimulatedFleet:
                 )
             await asyncio.to_thread(self._prepare_files)
             await self._choose_sandbox()
-            await self._register_all()
+            if self._register:
+                await register_devices(
+                    self.platform_url,
+                    api_token=self._api_token,
+                    project_id=self.project_id,
+                    profiles=self.profiles,
+                    ssl=self.ssl,
+                    concurrency=min(self.concurrency, 32),
+                )
+            for dev in self._devices.values():
+                dev.secret = device_secret(self._api_token, self.project_id, dev.profile.device_id)
             await self._start_devices()
         except BaseException:
             await self.stop()
@@ -411,35 +459,7 @@ class SimulatedFleet:
                 need,
             )
 
-    # -- platform -------------------------------------------------------------------
-
-    async def _register_all(self) -> None:
-        sem = asyncio.Semaphore(min(self.concurrency, 32))
-        async with PlatformAPI(
-            self.platform_url, project_id=self.project_id, api_token=self._api_token, ssl=self.ssl
-        ) as api:
-
-            async def register(dev: _SimDevice) -> None:
-                p = dev.profile
-                dev.secret = device_secret(self._api_token, self.project_id, p.device_id)
-                async with sem:
-                    try:
-                        await api.add_device(
-                            p.device_id,
-                            dev.secret,
-                            device_id=p.device_id,
-                            device_name=p.device_id,
-                            product_id=p.product_id,
-                            fw_version=p.fw_version,
-                            sw_version=p.sw_version,
-                            tags=p.tags,
-                        )
-                    except PlatformError as exc:
-                        if exc.status != 409:
-                            raise
-                        log.info("device %s is registered already: reusing it", p.device_id)
-
-            await _all_or_nothing(register(d) for d in self._devices.values())
+    # -- devices -------------------------------------------------------------------
 
     async def _start_devices(self) -> None:
         sem = asyncio.Semaphore(self.concurrency)
@@ -482,37 +502,4 @@ class SimulatedFleet:
                         "API token, or not by tunnelnb sim): choose another prefix"
                     ) from None
 
-        await _all_or_nothing(start(d) for d in self._devices.values() if d.profile.online)
-
-
-async def _all_or_nothing(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run ``coros`` concurrently; at the first failure cancel the others, wait for them, raise it."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    if not tasks:
-        return
-    try:
-        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:  # cancelled ourselves
-        pending = set(tasks)
-        raise
-    finally:
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    errors = [exc for t in tasks if not t.cancelled() and (exc := t.exception()) is not None]
-    if errors:  # every exception retrieved, the first raised
-        raise errors[0]
-
-
-def _random_password() -> str:
-    """A random login password."""
-    return secrets.token_urlsafe(12)
-
-
-def device_secret(api_token: str, project_id: str, device_id: str) -> str:
-    """A device secret known only to holders of the API token, and stable across restarts.
-
-    A restarted ``tunnelnb sim`` finds its devices registered already; with the same
-    secret their agents link again instead of failing authentication.
-    """
-    return hmac.new(api_token.encode(), f"tunnelnb-sim:{project_id}:{device_id}".encode(), hashlib.sha256).hexdigest()
+        await all_or_nothing(start(d) for d in self._devices.values() if d.profile.online)

@@ -87,6 +87,7 @@ __all__ = [
     "attached_loops",
     "find_mkfs",
     "probe_launcher",
+    "remove_dead_root",
     "sandbox_candidates",
 ]
 
@@ -375,8 +376,19 @@ def _sweep_stale_roots(tmp: Path) -> None:
         except PermissionError:
             continue  # alive, someone else's
         log.info("removing %s, left by process %d", root, pid)
-        _detach_loops(root)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_dead_root(root)
+
+
+def remove_dead_root(root: Path) -> None:
+    """Detach the loop devices of a fleet whose process is gone, and remove its root.
+
+    For a root its process could not remove: killed, or a worker process that
+    died (:mod:`tunnelnb.sim.workers`).  Only a tunnelnb fleet's root is touched.
+    """
+    if not (root / ".fleet" / _OWNER_FILE).is_file():
+        return
+    _detach_loops(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _detach_loops(root: Path) -> None:

@@ -12,22 +12,34 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import TunnelnbError
 from .fleet import SimulatedFleet
+from .workers import ShardedFleet
 
 __all__ = ["serve"]
 
 
-async def serve(*, stop: asyncio.Event | None = None, out: Callable[[str], None] | None = None, **kwargs: Any) -> None:
+async def serve(
+    *,
+    stop: asyncio.Event | None = None,
+    out: Callable[[str], None] | None = None,
+    workers: int = 1,
+    **kwargs: Any,
+) -> None:
     """Run a simulated fleet until SIGINT or SIGTERM (the ``tunnelnb sim`` command).
 
     ``kwargs`` are :class:`SimulatedFleet`'s (``platform_url``, ``api_token``,
-    ``devices``, …).  Prints a summary once every device is up; with no
-    ``password`` it makes one up and prints it once, as ``tunnelnb platform`` does
-    with its API token.  ``stop`` ends it early (for tests); ``out`` replaces print.
+    ``devices``, …); with ``workers`` > 1 they are :class:`ShardedFleet`'s, and the
+    devices run in that many processes (a worker that dies stops them all and raises
+    :class:`~tunnelnb.errors.TunnelnbError`).  Prints a summary once every device is
+    up; with no ``password`` it makes one up and prints it once, as ``tunnelnb
+    platform`` does with its API token.  ``stop`` ends it early (for tests); ``out``
+    replaces print.
     """
     emit = out or (lambda line: print(line, flush=True))
     generated = kwargs.get("password") is None
-    fleet = SimulatedFleet(**kwargs)
+    fleet: SimulatedFleet | ShardedFleet
+    fleet = ShardedFleet(workers=workers, **kwargs) if workers > 1 else SimulatedFleet(**kwargs)
     loop = asyncio.get_running_loop()
     stopping = stop or asyncio.Event()
     installed: list[signal.Signals] = []
@@ -35,6 +47,7 @@ async def serve(*, stop: asyncio.Event | None = None, out: Callable[[str], None]
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stopping.set)
             installed.append(sig)
+    failure = ""
     try:
         await fleet.start()
         for line in fleet.summary():
@@ -47,9 +60,27 @@ async def serve(*, stop: asyncio.Event | None = None, out: Callable[[str], None]
             )
         else:
             emit(f"login: user {user!r} with the password given")
-        await stopping.wait()
+        failure = await _until_stopped(stopping, fleet)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
         await fleet.stop()
         emit("simulated fleet stopped")
+    if failure:
+        raise TunnelnbError(failure)
+
+
+async def _until_stopped(stopping: asyncio.Event, fleet: SimulatedFleet | ShardedFleet) -> str:
+    """Wait for ``stopping``, or for a worker's death; what the operator must hear of it, if anything."""
+    if not isinstance(fleet, ShardedFleet):
+        await stopping.wait()
+        return ""
+    stopped = asyncio.ensure_future(stopping.wait())
+    failed = asyncio.ensure_future(fleet.wait_for_failure())
+    try:
+        await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopped, failed):
+            task.cancel()
+        await asyncio.gather(stopped, failed, return_exceptions=True)
+    return failed.result() if failed.done() and not failed.cancelled() else ""

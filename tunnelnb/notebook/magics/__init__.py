@@ -29,9 +29,9 @@ from ...errors import CassetteMismatch, TunnelnbError
 from ...fleet.fleet import Fleet
 from ...fleet.runner import KernelLoopRunner, LoopRunner
 from ...fleet.tables import terminal_text
-from . import connect, inventory, login, record, run, shell, status
+from . import connect, files, inventory, jobs, login, record, run, shell, status
 from .parsing import HelpShown, did_you_mean, parse
-from .run import Interrupted, ok_codes
+from .run import Interrupted, batch_arg, canary_arg, max_errors_arg, ok_codes
 
 __all__ = ["SUBCOMMANDS", "TunnelMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -43,6 +43,9 @@ SUBCOMMANDS: dict[str, Callable[[TunnelMagics, str], Any]] = {
     "shell": shell.shell,
     "status": status.status,
     "history": inventory.history,
+    "get": files.get,
+    "put": files.put,
+    "jobs": jobs.jobs,
     "record": record.record,
     "close": connect.close,
 }
@@ -59,6 +62,15 @@ Line magic::
   %tunnel devices [--refresh]             the inventory table
   %tunnel login TARGETS [--user U] [--password-env VAR]   (prompts when no variable is given)
   %tunnel TARGETS [--timeout S] [--ok-codes 0,1] [--verify] -- COMMAND    one command on the targets
+  %tunnel TARGETS [--batch N|P%] [--max-errors N|P%] [--canary N] -- COMMAND
+                                          a rolling run: batches one after another (P% of the targets,
+                                          rounded up); no new device once more than N (P%, rounded down)
+                                          have failed; the first N targets first, stopping if one fails;
+                                          devices never started are rows with status skipped
+  %tunnel TARGETS --bg -o VAR -- COMMAND  run in the background, VAR gets a job handle (also %%tunnel)
+  %tunnel jobs [N] [--wait | --cancel]    background jobs: the table, job N, its rows, or stop it (all)
+  %tunnel get TARGETS REMOTE LOCAL_DIR [--force] [--timeout S] [-o VAR]   a file from each device, checksummed
+  %tunnel put TARGETS LOCAL REMOTE [--keep-mode] [--timeout S] [-o VAR]   a file to each device, whole or not at all
   %tunnel shell DEVICE                    an interactive terminal (notebooks)
   %tunnel status                          the live fleet dashboard
   %tunnel history [--last N]              every run so far
@@ -138,6 +150,15 @@ class TunnelMagics(Magics):
         help="exact output from devices that damage it: checksummed, damaged parts read again; no live output "
         "(default: TunnelMagics.verify)",
     )
+    @argument("--batch", type=batch_arg, metavar="N|P%", help="run in batches of N devices (or P%% of the targets)")
+    @argument(
+        "--max-errors",
+        type=max_errors_arg,
+        metavar="N|P%",
+        help="start no new device once more than N (or P%% of the targets) have failed; the rest are skipped",
+    )
+    @argument("--canary", type=canary_arg, metavar="N", help="run the first N targets first; stop if any fails")
+    @argument("--bg", action="store_true", help="run in the background; with -o VAR, VAR gets a job handle")
     @line_cell_magic
     def tunnel(self, line: str, cell: str | None = None) -> Any:
         try:

@@ -5,6 +5,8 @@ Both come to :func:`run`, which resolves the targets, shows device output live
 notebook, text elsewhere) while :meth:`Fleet.run` goes, and returns the
 :class:`~tunnelnb.fleet.results.Results`.  Ctrl-C shows what finished, then
 interrupts the cell with one line (:class:`Interrupted`), not a traceback.
+``--batch``, ``--max-errors`` and ``--canary`` make it a rolling run
+(:mod:`tunnelnb.fleet.rollout`); ``--bg`` hands the run to :mod:`.background`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import shlex
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -21,6 +24,7 @@ from IPython.core.magic_arguments import argument
 from ...errors import TunnelnbError
 from ...fleet.progress import LiveOutput, TextProgress
 from ...fleet.results import Results
+from ...fleet.rollout import batch_option, canary_option, max_errors_option
 from ..progress import WidgetProgress
 from .parsing import expand, parse, plural, subcommand, target_words
 
@@ -28,7 +32,17 @@ if TYPE_CHECKING:
     from ...fleet.fleet import Fleet
     from . import TunnelMagics
 
-__all__ = ["Interrupted", "missing_dashes", "ok_codes", "run", "run_cell", "run_line"]
+__all__ = [
+    "Interrupted",
+    "batch_arg",
+    "canary_arg",
+    "max_errors_arg",
+    "missing_dashes",
+    "ok_codes",
+    "run",
+    "run_cell",
+    "run_line",
+]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -59,6 +73,25 @@ def ok_codes(text: str) -> tuple[int, ...]:
     return codes
 
 
+def _checked(check: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """An argparse type from a rollout check, whose ValueError says what is wanted (a one-line UsageError)."""
+
+    def parse_value(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse_value.__name__ = name
+    return parse_value
+
+
+#: ``--batch N|P%``, ``--max-errors N|P%``, ``--canary N``: a rolling run's options, checked.
+batch_arg = _checked(batch_option, "batch")
+max_errors_arg = _checked(max_errors_option, "max_errors")
+canary_arg = _checked(canary_option, "canary")
+
+
 @subcommand("TARGETS -- COMMAND")
 @argument("targets", nargs="*")
 @argument("--timeout", type=float)
@@ -70,6 +103,10 @@ def ok_codes(text: str) -> tuple[int, ...]:
 @argument("--no-stream", action="store_true")
 @argument("--ok-codes", type=ok_codes, metavar="0,1")
 @argument("--verify", action="store_true")
+@argument("--batch", type=batch_arg, metavar="N|P%")
+@argument("--max-errors", type=max_errors_arg, metavar="N|P%")
+@argument("--canary", type=canary_arg, metavar="N")
+@argument("--bg", action="store_true")
 def run_line(magics: TunnelMagics, line: str) -> Any:
     """Run one command on the targets."""
     before, _, command = line.partition(" -- ") if " -- " in line else (line.rstrip("- "), "", "")
@@ -142,6 +179,19 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
     concurrency = magics.concurrency if args.concurrency is None else args.concurrency
     if timeout <= 0 or concurrency < 1:
         raise UsageError("--timeout must be positive and --concurrency at least 1")
+    # What goes to Fleet.run, and to a background job with --bg: the other options only when
+    # given, so Fleet.run's own defaults apply and the magics need no newer Fleet.run than they use.
+    options: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency}
+    if args.ok_codes is not None:
+        options["ok_codes"] = args.ok_codes
+    if args.verify or magics.verify:
+        options["verify"] = True  # exact output, checksummed; nothing to show live meanwhile
+    rolling = {"batch": args.batch, "max_errors": args.max_errors, "canary": args.canary}
+    options.update({name: value for name, value in rolling.items() if value is not None})
+    if args.bg:
+        from .background import start
+
+        return start(magics, args, command, ids, options)
     live = None
     if magics.stream and not args.no_stream:
         # Colour in a notebook (it renders it) and on a terminal, never into a pipe or a file.
@@ -162,23 +212,11 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
             live.finish(row.device_id)
         progress.update(row)
 
-    # ok_codes and verify only when given, so the magics need no newer Fleet.run than the options do.
-    options: dict[str, Any] = {"ok_codes": args.ok_codes} if args.ok_codes is not None else {}
-    if args.verify or magics.verify:
-        options["verify"] = True  # exact output, checksummed; nothing to show live meanwhile
-
     async def run_on_fleet() -> Results:
         shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None
         try:
-            return await fleet.run(
-                command,
-                ids,
-                timeout=timeout,
-                concurrency=concurrency,
-                on_output=live.write if live is not None else None,
-                on_result=on_result,
-                **options,
-            )
+            on_output = live.write if live is not None else None
+            return await fleet.run(command, ids, on_output=on_output, on_result=on_result, **options)
         finally:
             if shower is not None:
                 shower.cancel()

@@ -12,7 +12,7 @@ the official device SDKs frame it when asked to (``quirks``, :mod:`.quirks`).
 """
 
 from .agent import Agent
-from .quirks import QUIRKS, c_sdk_json_size, output_frames
+from .quirks import QUIRKS, c_sdk_json_size
 from .serve import serve
 
-__all__ = ["QUIRKS", "Agent", "c_sdk_json_size", "output_frames", "serve"]
+__all__ = ["QUIRKS", "Agent", "c_sdk_json_size", "serve"]

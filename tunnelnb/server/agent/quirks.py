@@ -48,7 +48,8 @@ huaweicloud-iot-device-sdk-c; what its modes do comes from its
   carries the shell's first output; ``request_id`` is always the ``connect``'s;
   output goes in chunks of at most 1,024 bytes, decoded correctly.
 * ``"none"``: well-behaved; output coalesced into frames as large as the
-  platform allows, ``request_id`` of the latest ``command``.
+  platform allows (:func:`~tunnelnb.protocol.frames.encode_chunks`: escaped
+  once, sent as encoded), ``request_id`` of the latest ``command``.
 
 This module holds the modes' constants and the frame encoding and sizing they
 need; the shell session (:mod:`.session`) reads output the way each SDK does,
@@ -62,9 +63,8 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterator
 
-from ...protocol.frames import Frame, Op, chunk_text, encode_frame
+from ...protocol.frames import Frame, Op, encode_frame
 
 __all__ = [
     "COALESCE_SECONDS",
@@ -82,9 +82,7 @@ __all__ = [
     "c_sdk_json_size",
     "cjson_escape",
     "encode_as",
-    "encoded_size",
     "output_budget",
-    "output_frames",
 ]
 
 QUIRKS = ("none", "c-sdk", "c-sdk-1.1", "csharp-sdk")
@@ -207,11 +205,6 @@ def encode_as(quirks: str, frame: Frame) -> bytes:
     return encode_frame(frame, pretty=True).encode("utf-8")
 
 
-def encoded_size(quirks: str, frame: Frame) -> int:
-    """Bytes of ``encode_as(quirks, frame)``."""
-    return len(encode_as(quirks, frame))
-
-
 def output_budget(quirks: str, max_message_bytes: int) -> int:
     """The ``max_bytes`` to chunk output with so that its frames, encoded as ``quirks`` does, fit the limit."""
     return max_message_bytes - (_PRETTY_EXTRA if quirks in C_SDK_QUIRKS else 0)
@@ -230,24 +223,3 @@ def c_sdk_json_size(request_id: str, raw: bytes) -> int:
     special = raw.translate(None, _C_NOT_SPECIAL)
     short = len(special) - len(special.translate(None, _C_SHORT))
     return overhead + len(raw) + short + 5 * (len(special) - short) + 1
-
-
-def output_frames(text: str, request_id: str, max_bytes: int) -> Iterator[Frame]:
-    """``chunk_text``'s frames, found faster for terminal output.
-
-    ``chunk_text`` starts from a guess that fits only escape-free text; PTY
-    output has ``\\r\\n`` on every line, so each frame would cost it a binary
-    search over JSON encodings.  Scaling the guess by the measured density
-    lands within a step or two; ``chunk_text`` still checks every piece.
-    """
-    budget = max_bytes - len(encode_frame(Frame(Op.COMMAND_RESPONSE, request_id, "")).encode())
-    pos, n = 0, len(text)
-    while pos < n:
-        end = min(n, pos + max(budget, 1))
-        while True:
-            cost = len(json.dumps(text[pos:end], ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
-            if cost <= budget or end - pos <= 1:
-                break
-            end = pos + max(1, (end - pos) * budget // cost - 1)
-        yield from chunk_text(text[pos:end], request_id, max_bytes=max_bytes)
-        pos = end

@@ -18,7 +18,7 @@ import hmac
 import logging
 from typing import TYPE_CHECKING
 
-from ...protocol.frames import SSH_IDLE_REQUEST_ID, Frame, Op, Status
+from ...protocol.frames import SSH_IDLE_REQUEST_ID, Frame, Op, Status, encode_chunks
 from .quirks import (
     C_SDK_CHANNEL_FAILED,
     C_SDK_JSON_BYTES,
@@ -28,7 +28,6 @@ from .quirks import (
     CSHARP_FIRST_OUTPUT_SECONDS,
     CSHARP_READ_BYTES,
     c_sdk_json_size,
-    output_frames,
 )
 from .shells import Backend, Inbox, LocalBackend, LoginFailed, SSHBackend
 
@@ -38,6 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["ShellSession"]
 
 log = logging.getLogger(__name__)
+
+#: Output taken at most per batch, in messages' worth: a batch ends in a frame that is not full, so
+#: the bigger the batch, the fewer frames a stream takes (20 MB of terminal output: about 2,100 frames
+#: at 16, 2,440 at 4, 2,010 at the fewest).
+_BATCH_MESSAGES = 16
 
 
 class ShellSession:
@@ -211,16 +215,23 @@ class ShellSession:
 
         No timer: a short reply goes out as soon as it is read (a linger of a few
         milliseconds was most of a trivial command's round trip), while a stream
-        fills frames by itself because it piles up during each send.
+        fills frames by itself because it piles up during each send.  No extra
+        turn of the event loop either: every read of the turn that woke the pump
+        is in already.  Each batch is JSON-escaped once and sent as the messages
+        :func:`encode_chunks` cuts; ASCII output (most of it) without decoding.
         """
-        inbox, limit = self.inbox, self.agent.max_message_bytes
+        inbox, limit, tunnel, decoder = self.inbox, self.agent.max_message_bytes, self.tunnel, self._decoder
         while True:
             await inbox.wait()
-            await asyncio.sleep(0)  # reads that are ready in this loop turn join the batch
-            text = self._decoder.decode(inbox.take(4 * limit), inbox.finished)
+            raw = inbox.take(_BATCH_MESSAGES * limit)
+            text: str | bytes
+            if raw.isascii() and not decoder.getstate()[0]:  # no part of a character waits for its end
+                text = raw
+            else:
+                text = decoder.decode(raw, inbox.finished)
             if text:
-                for frame in output_frames(text, self.output_id(), limit):
-                    await self.tunnel.send_output(frame)
+                for message in encode_chunks(text, self.output_id(), max_bytes=limit):
+                    await tunnel.send_output_message(message)
             if inbox.finished:
                 return
 

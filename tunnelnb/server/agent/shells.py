@@ -123,8 +123,15 @@ class Inbox:
             await self._wait_for(fill, linger)
 
     def take(self, n: int) -> bytes:
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+        """Up to ``n`` bytes of the output, copied once (a slice and its bytes were two copies)."""
+        buf = self._buf
+        if n >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            with memoryview(buf) as view:
+                data = bytes(view[:n])
+            del buf[:n]
         if self._paused and len(self._buf) <= _INBOX_HIGH_WATER // 2:
             self._paused = False
             self.resume()

@@ -33,7 +33,7 @@ import aiohttp
 from ...errors import ProtocolError
 from ...protocol.devicelink import TunnelNotify
 from ...protocol.frames import CloseCode, Frame, Op, chunk_text, decode_frame
-from .quirks import C_SDK_QUIRKS, encode_as, encoded_size, output_budget
+from .quirks import C_SDK_QUIRKS, encode_as, output_budget
 from .session import ShellSession
 from .shells import reason
 
@@ -107,8 +107,10 @@ class Tunnel:
         Always a text message, even where the emulated SDK's bytes are not valid
         UTF-8 (:func:`~.quirks.encode_as`).
         """
-        quirks = self.agent.quirks
-        message = encode_as(quirks, frame)
+        await self._send(encode_as(self.agent.quirks, frame), frame.op)
+
+    async def _send(self, message: bytes, op: Op) -> None:
+        """Send an encoded ``op`` message as it is, or keep it (see :meth:`send`)."""
         async with self._send_lock:
             ws = self.ws
             if ws is not None and not ws.closed:
@@ -122,22 +124,34 @@ class Tunnel:
                 self._online.clear()
             if self.closing:
                 return
-            if quirks in C_SDK_QUIRKS:  # WssClientSendRsp sends on whatever connection there is, or not at all
-                log.debug("c-sdk quirk: %s frame dropped, the tunnel connection is down", frame.op)
+            if (
+                self.agent.quirks in C_SDK_QUIRKS
+            ):  # WssClientSendRsp sends on whatever connection there is, or not at all
+                log.debug("c-sdk quirk: %s frame dropped, the tunnel connection is down", op)
                 return
             self._backlog.append(message)
             self._backlog_bytes += len(message)
 
     async def send_output(self, frame: Frame) -> None:
-        """Send a command_response; wait while the offline backlog is full (the shell then pauses)."""
+        """Send a command_response as the emulated SDK encodes it; wait while the offline backlog is full."""
         agent = self.agent
-        if agent.quirks != "none" and encoded_size(agent.quirks, frame) > agent.max_message_bytes:
+        message = encode_as(agent.quirks, frame)
+        if len(message) > agent.max_message_bytes:
             # Never exceed the platform's limit, even where the emulated SDK would.
             budget = output_budget(agent.quirks, agent.max_message_bytes)
             for piece in chunk_text(frame.data, frame.request_id, max_bytes=budget):
                 await self.send(piece)
         else:
-            await self.send(frame)
+            await self._send(message, frame.op)
+        await self._paced()
+
+    async def send_output_message(self, message: bytes) -> None:
+        """Send a command_response already encoded (:func:`~tunnelnb.protocol.frames.encode_chunks`) as it is."""
+        await self._send(message, Op.COMMAND_RESPONSE)
+        await self._paced()
+
+    async def _paced(self) -> None:
+        """Wait while the offline backlog is full (the shell then pauses)."""
         while self._backlog_bytes >= OFFLINE_BUFFER_BYTES and not self.closing:
             await self._online.wait()
 

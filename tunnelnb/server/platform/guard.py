@@ -101,7 +101,11 @@ class _Conn(asyncio.Protocol):
             transport.close()
             return
         # Half-close and read what the client already sent, so the 503 is not lost to a reset.
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already (ENOTCONN): nothing to linger for
+            transport.abort()
+            return
         self.lingering = True
         self._guard.lingering += 1
         self.deadline = asyncio.get_running_loop().call_later(_LINGER, transport.abort)

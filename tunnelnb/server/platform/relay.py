@@ -16,12 +16,19 @@ UTF-8, a device SDK types what it gets into a terminal, and an aiohttp device (t
 agent) would close on such a message; an application's message that is not valid
 UTF-8 is refused (1007) as before.
 
+A message is checked once (:func:`~tunnelnb.protocol.frames.decode_frame` on its text,
+decoded once: strictly for an application, with ``surrogateescape`` for a device) and
+relayed as the very bytes object received, never encoded again.
+
 Each side is read by its handler and written by a task of its own, through a bounded
 outbox (issue 14): a side that stops reading never stops the platform from reading
 the other, so a device keeps its pings answered and its WebSocket open while the
 application stalls.  A side whose outbox makes no progress for ``stall_timeout``
 seconds, or holds more than ``max_backlog_bytes``, is closed (1011) and its peer is
-told it is gone (disconnect 503), as when a side leaves.
+told it is gone (disconnect 503), as when a side leaves.  When the outbox is empty and
+the connection's write buffer has room (:meth:`Sockets.can_take`), a relayed message
+is written at once by the reader, which cannot wait there, saving the outbox task's
+turn of the event loop on every hop of a short reply.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +45,7 @@ from ...errors import PlatformError, ProtocolError
 from ...protocol.frames import CloseCode, Frame, Op, Status, decode_frame, encode_frame, require_utf8
 from .auth import same_secret
 from .model import CLOSED, CONNECTED, DISCONNECTED, OPEN, Conn, ErrorCode, Side, Tunnel, open_tunnel_of
-from .sockets import Sockets
+from .sockets import Outbox, Sockets
 
 if TYPE_CHECKING:
     from .app import Platform
@@ -59,108 +65,13 @@ DEFAULT_MAX_BACKLOG_BYTES = 8 * 1024 * 1024
 _END_GRACE = 5.0
 
 #: What a device may send to the application; anything else it sends is dropped.
-_DEVICE_TO_APP = frozenset({Op.CONNECT_RESPONSE, Op.COMMAND_RESPONSE, Op.DISCONNECT})
+#: (A tuple: found by identity, without hashing, whose Enum.__hash__ runs in Python.)
+_DEVICE_TO_APP = (Op.COMMAND_RESPONSE, Op.CONNECT_RESPONSE, Op.DISCONNECT)
 
 
 def _brief(text: str, limit: int = 200) -> str:
     """``text`` cut to ``limit`` characters: a peer's message must stay far below the size limit."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _Outbox:
-    """One side's outgoing messages, sent in order by a task of its own.
-
-    :meth:`post` never waits, so whoever posts (the other side's reader, most of the
-    time) keeps reading.  ``on_slow`` is called once, with a reason, when the side
-    falls behind: a send has not completed within ``stall_timeout()`` seconds, or a
-    message would take the backlog over ``max_backlog()`` bytes.  The outbox stops
-    then, dropping what it holds.
-    """
-
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        sockets: Sockets,
-        *,
-        stall_timeout: Callable[[], float | None],
-        max_backlog: Callable[[], int],
-        on_slow: Callable[[str], None],
-    ) -> None:
-        self._ws = ws
-        self._sockets = sockets
-        self._stall_timeout = stall_timeout
-        self._max_backlog = max_backlog
-        self._on_slow = on_slow
-        self._queue: deque[bytes] = deque()
-        #: Bytes of the messages waiting, the one being sent included.
-        self.backlog = 0
-        self._stopped = False
-        self._ready = asyncio.Event()  # messages are waiting
-        self._idle = asyncio.Event()  # nothing waits, nothing is being sent (or stopped)
-        self._idle.set()
-        self._task = asyncio.create_task(self._run())
-
-    def post(self, message: bytes) -> bool:
-        """Queue ``message`` (a text message's bytes) for sending; False if the outbox has stopped, or stops now
-        because the side fell behind."""
-        if self._stopped:
-            return False
-        size = len(message)
-        limit = self._max_backlog()
-        if self._queue and self.backlog + size > limit:
-            self._slow(f"fell behind by more than {limit} bytes")
-            return False
-        self._queue.append(message)
-        self.backlog += size
-        self._idle.clear()
-        self._ready.set()
-        return True
-
-    async def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds until everything posted is sent (or the outbox stopped)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-
-    def stop(self) -> None:
-        """Send nothing more: drop what waits, end the task."""
-        self._stopped = True
-        self._queue.clear()
-        self.backlog = 0
-        self._idle.set()
-        if asyncio.current_task() is not self._task:
-            self._task.cancel()
-
-    def _slow(self, reason: str) -> None:
-        if not self._stopped:
-            self.stop()
-            self._on_slow(reason)
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._ready.wait()
-                if not self._queue:
-                    self._ready.clear()
-                    self._idle.set()
-                    continue
-                message = self._queue[0]
-                timeout = self._stall_timeout()
-                try:
-                    async with asyncio.timeout(timeout):
-                        sent = await self._sockets.send(self._ws, message)
-                except TimeoutError:
-                    self._slow(f"stopped reading: nothing could be sent to it for {timeout:g} s")
-                    return
-                if not sent:  # closed or failed: nothing more will go out
-                    return
-                self._queue.popleft()
-                self.backlog -= len(message)
-        finally:
-            self._stopped = True
-            self._queue.clear()
-            self.backlog = 0
-            self._idle.set()
 
 
 class Relay:
@@ -192,7 +103,9 @@ class Relay:
         #: Close handshakes of CloseDeviceTunnel and of sides too slow to keep,
         #: running in the background (shutdown awaits them).
         self.handshakes: set[asyncio.Task[None]] = set()
-        self._outboxes: dict[Conn, _Outbox] = {}
+        self._outboxes: dict[Conn, Outbox] = {}
+        #: The message being routed: its text (what ``route`` is given) and the bytes it came as.
+        self._routing: tuple[str, bytes] | None = None
 
     def expired(self, tunnel: Tunnel) -> bool:
         """Whether the tunnel's access tokens have expired."""
@@ -292,7 +205,7 @@ class Relay:
             tunnel.notified_at = None  # a new episode: the device is notified at once
             logger.info("tunnel %s of device %s reopened", tunnel.tunnel_id, tunnel.device_id)
         conn = Conn(ws, side)
-        self._outboxes[conn] = _Outbox(
+        self._outboxes[conn] = Outbox(
             ws,
             self._sockets,
             stall_timeout=lambda: self._platform.stall_timeout,
@@ -384,17 +297,28 @@ class Relay:
         # moment for it to resume, then cut the connection.
         await self._sockets.close_or_abort(conn.ws, CloseCode.INTERNAL_ERROR, reason, _END_GRACE)
 
-    def _post(self, conn: Conn, text: str) -> bool:
-        """Queue ``text`` for ``conn`` (never waits); False if it is gone or being dropped.
-
-        ``text`` is a message received (its bytes decoded with ``surrogateescape``, so
-        encoding it back gives them exactly, valid UTF-8 or not) or one the platform made.
-        """
+    def _post(self, conn: Conn, message: bytes) -> bool:
+        """Queue ``message`` for ``conn`` (never waits); False if it is gone or being dropped."""
         box = self._outboxes.get(conn)
-        return box is not None and box.post(text.encode("utf-8", "surrogateescape"))
+        return box is not None and box.post(message)
 
     def _post_frame(self, conn: Conn, frame: Frame) -> bool:
-        return self._post(conn, encode_frame(frame))
+        return self._post(conn, encode_frame(frame).encode("utf-8"))
+
+    async def _forward(self, conn: Conn, text: str) -> bool:
+        """Deliver the message received as ``text`` to ``conn`` (never waits on it); False if it is gone.
+
+        The message being routed goes as the bytes object received; any other
+        ``text`` (a wrapper of :meth:`route` may pass its own) is encoded with
+        ``surrogateescape``, which gives back the bytes it was decoded from.
+        """
+        box = self._outboxes.get(conn)
+        if box is None:
+            return False
+        routing = self._routing
+        if routing is not None and routing[0] is text:
+            return await box.deliver(routing[1])
+        return await box.deliver(text.encode("utf-8", "surrogateescape"))
 
     async def _refuse(self, tunnel: Tunnel, conn: Conn, code: int, reason: str, status: str, peer_message: str) -> None:
         """Close a side that sent something unacceptable, and tell its peer why the side is gone."""
@@ -429,12 +353,11 @@ class Relay:
                         f"the {label} sent a message of {size} bytes, over the {limit}-byte limit",
                     )
                     return
-                # surrogateescape: a device's bytes that are not UTF-8 ride in the text as lone
-                # surrogates, and encoding it back (_post) gives the exact bytes received.
-                text = raw.decode("utf-8", "surrogateescape")
                 try:
                     if conn.side is Side.SOURCE:
-                        require_utf8(raw)  # the application side stays strict (see the module's doc)
+                        text = require_utf8(raw)  # the application side stays strict (see the module's doc)
+                    else:  # a device's bytes that are not UTF-8 ride in the text as lone surrogates
+                        text = raw.decode("utf-8", "surrogateescape")
                     frame = decode_frame(text, max_bytes=None)
                 except ProtocolError as exc:
                     await self._refuse(
@@ -446,7 +369,11 @@ class Relay:
                         f"the {label} sent a malformed message: {_brief(str(exc))}",
                     )
                     return
-                await self._route(tunnel, conn, frame, text)
+                self._routing = (text, raw)  # route() forwards these very bytes
+                try:
+                    await self._route(tunnel, conn, frame, text)
+                finally:
+                    self._routing = None
             elif msg.type is WSMsgType.BINARY:
                 await self._refuse(
                     tunnel,
@@ -479,8 +406,9 @@ class Relay:
     async def route(self, tunnel: Tunnel, conn: Conn, frame: Frame, text: str) -> None:
         """Handle one valid frame from ``conn``: answer a PING, else relay ``text`` to the peer if it may go there.
 
-        ``text`` is the message received, its bytes decoded with ``surrogateescape``
-        (not valid UTF-8 from a C SDK device): :meth:`_post` sends those very bytes.
+        ``text`` is the message received, decoded (with ``surrogateescape`` from a
+        device: a C SDK's need not be valid UTF-8); :meth:`_forward` sends the very
+        bytes received.
         """
         if frame.op is Op.PING:
             self._post_frame(conn, Frame(Op.PONG, frame.request_id, None, frame.service_type))
@@ -497,4 +425,4 @@ class Relay:
                 conn.side.peer.label,
             )
             return
-        self._post(peer, text)
+        await self._forward(peer, text)

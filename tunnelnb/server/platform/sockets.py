@@ -4,6 +4,8 @@
 keeps the set of open server-side WebSockets so shutdown can close the stragglers,
 and sends and closes without raising when the peer is already gone -- or, for a
 peer that stopped reading, without waiting on it for ever (:meth:`Sockets.close_or_abort`).
+:class:`Outbox` is one tunnel side's queue of outgoing messages, sent by a task of
+its own so that a peer that stops reading never blocks whoever posts to it (issue 14).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -21,12 +25,13 @@ from .model import bad_input
 if TYPE_CHECKING:
     from .app import Platform
 
-__all__ = ["PlatformWebSocket", "Sockets", "close_reason"]
+__all__ = ["Outbox", "PlatformWebSocket", "Sockets", "close_reason"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_CLOSE_REASON = 123  # bytes: a close frame's payload is at most 125, 2 of them the code
 _WS_CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame
+_MAX_FRAME_HEADER = 14  # bytes a WebSocket frame adds to its payload at most (RFC 6455, section 5.2)
 
 
 def close_reason(text: str) -> bytes:
@@ -111,6 +116,21 @@ class Sockets:
             return False
         return True
 
+    def can_take(self, ws: web.WebSocketResponse, size: int) -> bool:
+        """Whether sending a ``size``-byte message to ``ws`` now completes without waiting.
+
+        True when the connection's write buffer is at or below its low-water mark
+        (so aiohttp's writer is not paused) and stays at or below its high-water mark
+        with the message in it (so it does not pause now), and nothing compresses:
+        an uncompressed ``send_frame`` then only hands the bytes to the transport.
+        """
+        transport = self._transports.get(ws)
+        if transport is None or transport.is_closing() or ws.compress:
+            return False
+        low, high = transport.get_write_buffer_limits()
+        buffered = transport.get_write_buffer_size()
+        return buffered <= low and buffered + size + _MAX_FRAME_HEADER <= high
+
     async def send_frame(self, ws: web.WebSocketResponse, frame: Frame) -> bool:
         return await self.send(ws, encode_frame(frame))
 
@@ -135,3 +155,112 @@ class Sockets:
             transport = self._transports.get(ws)
             if transport is not None:
                 transport.abort()
+
+
+class Outbox:
+    """One side's outgoing messages, sent in order by a task of its own.
+
+    :meth:`post` never waits, so whoever posts (the other side's reader, most of the
+    time) keeps reading.  ``on_slow`` is called once, with a reason, when the side
+    falls behind: a send has not completed within ``stall_timeout()`` seconds, or a
+    message would take the backlog over ``max_backlog()`` bytes.  The outbox stops
+    then, dropping what it holds.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        sockets: Sockets,
+        *,
+        stall_timeout: Callable[[], float | None],
+        max_backlog: Callable[[], int],
+        on_slow: Callable[[str], None],
+    ) -> None:
+        self._ws = ws
+        self._sockets = sockets
+        self._stall_timeout = stall_timeout
+        self._max_backlog = max_backlog
+        self._on_slow = on_slow
+        self._queue: deque[bytes] = deque()
+        #: Bytes of the messages waiting, the one being sent included.
+        self.backlog = 0
+        self._stopped = False
+        self._ready = asyncio.Event()  # messages are waiting
+        self._idle = asyncio.Event()  # nothing waits, nothing is being sent (or stopped)
+        self._idle.set()
+        self._task = asyncio.create_task(self._run())
+
+    def post(self, message: bytes) -> bool:
+        """Queue ``message`` (a text message's bytes) for sending; False if the outbox has stopped, or stops now
+        because the side fell behind."""
+        if self._stopped:
+            return False
+        size = len(message)
+        limit = self._max_backlog()
+        if self._queue and self.backlog + size > limit:
+            self._slow(f"fell behind by more than {limit} bytes")
+            return False
+        self._queue.append(message)
+        self.backlog += size
+        self._idle.clear()
+        self._ready.set()
+        return True
+
+    async def deliver(self, message: bytes) -> bool:
+        """:meth:`post`, or send ``message`` now when nothing waits and the socket takes it without waiting.
+
+        The direct send cannot wait on the peer (:meth:`Sockets.can_take`), so the
+        reader that delivers keeps reading; it saves the outbox task's turn.
+        """
+        if self._queue or self._stopped or not self._sockets.can_take(self._ws, len(message)):
+            return self.post(message)
+        return await self._sockets.send(self._ws, message)
+
+    async def flush(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds until everything posted is sent (or the outbox stopped)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+
+    def stop(self) -> None:
+        """Send nothing more: drop what waits, end the task."""
+        self._stopped = True
+        self._queue.clear()
+        self.backlog = 0
+        self._idle.set()
+        if asyncio.current_task() is not self._task:
+            self._task.cancel()
+
+    def _slow(self, reason: str) -> None:
+        if not self._stopped:
+            self.stop()
+            self._on_slow(reason)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                if not self._queue:
+                    self._ready.clear()
+                    self._idle.set()
+                    continue
+                message = self._queue[0]
+                if self._sockets.can_take(self._ws, len(message)):  # no wait, so no stall to guard against
+                    sent = await self._sockets.send(self._ws, message)
+                else:
+                    timeout = self._stall_timeout()
+                    try:
+                        async with asyncio.timeout(timeout):
+                            sent = await self._sockets.send(self._ws, message)
+                    except TimeoutError:
+                        self._slow(f"stopped reading: nothing could be sent to it for {timeout:g} s")
+                        return
+                if not sent:  # closed or failed: nothing more will go out
+                    return
+                self._queue.popleft()
+                self.backlog -= len(message)
+        finally:
+            self._stopped = True
+            self._queue.clear()
+            self.backlog = 0
+            self._idle.set()

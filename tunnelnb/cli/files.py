@@ -1,0 +1,155 @@
+"""``tunnelnb get`` and ``tunnelnb put``: files in and out of many devices from a terminal.
+
+Parses nothing itself (:mod:`.main` does) and decides nothing about devices
+(:mod:`tunnelnb.fleet.files` does): it connects as ``tunnelnb run`` does, gets a
+password, shows progress on stderr and prints one row per device.
+
+    tunnelnb get --platform URL 'device-*' -- /var/log/app.log ./logs
+    tunnelnb put --platform URL @edge -- ./app.conf /etc/app/
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import os
+import sys
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..errors import FleetSizeWarning, TunnelnbError
+
+if TYPE_CHECKING:
+    from ..fleet.transfers import TransferResults
+
+__all__ = ["TRANSFER_HEADER", "format_transfers", "transfer_command"]
+
+#: The table's columns (``--format json`` has the full sha256).
+TRANSFER_HEADER = ("DEVICE", "STATUS", "BYTES", "DURATION", "SHA256", "PATH", "ERROR")
+_STATUS_COLUMN = TRANSFER_HEADER.index("STATUS")
+
+
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    """What :func:`tunnelnb.connect` needs, from ``tunnelnb run``'s connection options."""
+    if args.huaweicloud:
+        if not (args.region or args.endpoint):
+            raise TunnelnbError("--huaweicloud needs --region R (or --endpoint URL of your instance)")
+        return {
+            "huaweicloud": args.region or True,
+            "endpoint": args.endpoint,
+            "instance_id": args.instance_id,
+            "project_id": None if args.project_id == "demo" else args.project_id,
+        }
+    if not args.platform:
+        raise TunnelnbError("no platform URL: pass --platform URL or set $TUNNELNB_URL")
+    api_token = args.api_token or os.environ.get("TUNNELNB_API_TOKEN")
+    if not api_token:
+        raise TunnelnbError("no API token: set $TUNNELNB_API_TOKEN (or pass --api-token)")
+    return {
+        "url": args.platform,
+        "project_id": args.project_id,
+        "api_token": api_token,
+        "ca_bundle": args.ca_bundle,
+        "insecure": args.insecure,
+    }
+
+
+def _password(args: argparse.Namespace) -> str:
+    password = os.environ.get(args.password_env)
+    if password:
+        return password
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {args.user}: ")
+    raise TunnelnbError(f"no login password: set ${args.password_env} (or run in a terminal to be asked)")
+
+
+def transfer_command(args: argparse.Namespace) -> int:
+    """``tunnelnb get`` / ``put``: 0 when every device's file went through, 1 otherwise, 130 when interrupted."""
+    from ..connection import connect
+    from ..fleet import files
+    from ..fleet.progress import TextProgress
+
+    if args.timeout <= 0 or args.concurrency < 1:
+        raise TunnelnbError("--timeout must be positive and --concurrency at least 1")
+    where = _where(args)
+    if args.command == "put" and not os.path.isfile(args.paths[0]):
+        raise TunnelnbError(f"{args.paths[0]}: no such local file")
+    password = _password(args)
+    outcome: dict[str, TransferResults] = {}
+    started = time.perf_counter()
+
+    async def main() -> None:
+        fleet = await connect(**where)
+        try:
+            ids = fleet.select(args.targets)
+            fleet.set_login(ids, args.user, password)
+            progress = TextProgress(len(ids), sys.stderr)
+            shower = asyncio.create_task(progress.show())
+            options: dict[str, Any] = {
+                "timeout": args.timeout,
+                "concurrency": args.concurrency,
+                "on_result": progress.update,
+            }
+            try:
+                warnings.simplefilter("ignore", FleetSizeWarning)
+                if args.command == "get":
+                    remote, local_dir = args.paths
+                    outcome["rows"] = await files.get(fleet, remote, ids, local_dir, overwrite=args.force, **options)
+                else:
+                    local, remote = args.paths
+                    outcome["rows"] = await files.put(fleet, local, remote, ids, keep_mode=args.keep_mode, **options)
+            finally:
+                shower.cancel()
+                progress.close()
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                await fleet.close()
+
+    try:
+        with warnings.catch_warnings():
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        print("tunnelnb: interrupted (the rows so far are in the fleet's history)", file=sys.stderr)
+        return 130
+    rows = outcome["rows"]
+    _print(rows, args.format, sys.stdout)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    print(f"{len(rows)} devices: {summary} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    return 0 if rows.rows and all(row.ok for row in rows) else 1
+
+
+def format_transfers(rows: TransferResults, *, colour: bool = False) -> str:
+    """A header and one row per device; ``colour`` for a terminal (as ``tunnelnb run`` colours statuses)."""
+    from ..fleet.tables import text_table
+    from ..fleet.transfers import byte_count
+    from .run import _BOLD, _RESET, _STATUS_SGR
+
+    table = [
+        (r.device_id, r.status, byte_count(r.bytes), f"{r.duration_s:.2f}s", r.sha256[:12], r.path, r.error)
+        for r in rows
+    ]
+
+    def style(row: int, column: int, cell: str) -> str:
+        if row == 0:
+            return f"{_BOLD}{cell}{_RESET}"
+        sgr = _STATUS_SGR.get(cell.strip()) if column == _STATUS_COLUMN else None
+        return f"{sgr}{cell}{_RESET}" if sgr else cell
+
+    return text_table(TRANSFER_HEADER, table, style=style if colour else None)
+
+
+def _print(rows: TransferResults, fmt: str, stream: TextIO) -> None:
+    if fmt == "json":
+        stream.write(rows.df.to_json(orient="records", indent=1) + "\n")
+    elif fmt == "csv":
+        stream.write(rows.df.to_csv(index=False))
+    else:
+        from .run import use_colour
+
+        stream.write(format_transfers(rows, colour=use_colour(stream)) + "\n")

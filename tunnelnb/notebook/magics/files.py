@@ -1,0 +1,130 @@
+"""``%tunnel get`` and ``%tunnel put``: files in and out of devices (:mod:`tunnelnb.fleet.files`).
+
+``%tunnel get TARGETS REMOTE LOCAL_DIR`` writes ``LOCAL_DIR/DEVICE_ID/NAME`` for
+each device (never over a file unless ``--force``); ``%tunnel put TARGETS LOCAL
+REMOTE`` writes the local file on each device, whole and checked or not at all.
+Both show progress as a run does and return a
+:class:`~tunnelnb.fleet.transfers.TransferResults` (one row per device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument
+
+from ...client.result import CommandResult
+from ...fleet import files
+from ...fleet.progress import TextProgress
+from ...fleet.transfers import TransferResults
+from ..progress import WidgetProgress
+from .parsing import parse, subcommand, target_words
+from .run import Interrupted
+
+if TYPE_CHECKING:
+    from . import TunnelMagics
+
+__all__ = ["get", "put"]
+
+
+@subcommand("get")
+@argument("targets", nargs="+", help="devices: ids, globs, ranges, @tags")
+@argument("remote", help="the file on the devices (relative: to the login's directory)")
+@argument("local_dir", help="where to write LOCAL_DIR/DEVICE_ID/NAME")
+@argument("--force", action="store_true", help="replace local files that exist (else those devices are refused)")
+@argument("--timeout", type=float, help="seconds per exchange with a device (default: TunnelMagics.timeout)")
+@argument("-o", "--out", metavar="VAR", help="store the TransferResults in this variable")
+def get(magics: TunnelMagics, rest: str) -> TransferResults:
+    """Copy a file from devices: exact (checksummed), one local file per device."""
+    args = parse(rest, get.parser)
+    fleet = magics.need_fleet()
+    ids = _ids(magics, args)
+    timeout = _timeout(magics, args)
+    return _transfer(
+        magics,
+        args,
+        ids,
+        lambda on_result: files.get(
+            fleet, args.remote, ids, args.local_dir, overwrite=args.force, timeout=timeout, on_result=on_result
+        ),
+    )
+
+
+@subcommand("put")
+@argument("targets", nargs="+", help="devices: ids, globs, ranges, @tags")
+@argument("local", help="the local file")
+@argument("remote", help="where on the devices (ending in /: a directory, the file keeps its name)")
+@argument("--keep-mode", action="store_true", help="give the remote file the local file's permission bits")
+@argument("--timeout", type=float, help="seconds per exchange with a device (default: TunnelMagics.timeout)")
+@argument("-o", "--out", metavar="VAR", help="store the TransferResults in this variable")
+def put(magics: TunnelMagics, rest: str) -> TransferResults:
+    """Copy a local file to devices: whole and checked, or not at all (a temporary file, then mv)."""
+    args = parse(rest, put.parser)
+    fleet = magics.need_fleet()
+    ids = _ids(magics, args)
+    timeout = _timeout(magics, args)
+    return _transfer(
+        magics,
+        args,
+        ids,
+        lambda on_result: files.put(
+            fleet, args.local, args.remote, ids, keep_mode=args.keep_mode, timeout=timeout, on_result=on_result
+        ),
+    )
+
+
+def _ids(magics: TunnelMagics, args: argparse.Namespace) -> list[str]:
+    ids = magics.need_fleet().select(target_words(args.targets))
+    if not ids:
+        raise UsageError(f"no device matches {' '.join(args.targets)!r}: %tunnel devices lists them")
+    return ids
+
+
+def _timeout(magics: TunnelMagics, args: argparse.Namespace) -> float:
+    timeout = max(magics.timeout, files.DEFAULT_TIMEOUT_S) if args.timeout is None else args.timeout
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    return float(timeout)
+
+
+def _transfer(
+    magics: TunnelMagics,
+    args: argparse.Namespace,
+    ids: list[str],
+    start: Callable[[Callable[[CommandResult], None]], Coroutine[Any, Any, TransferResults]],
+) -> TransferResults:
+    """Run the transfer on the fleet's loop with a progress display; store and return its rows."""
+    loop = magics.event_loop()
+    progress: WidgetProgress | TextProgress
+    timer: Any = None
+    if magics.in_kernel():
+        progress = WidgetProgress(len(ids), after_s=magics.progress_after)
+        timer = loop.call_later(magics.progress_after, progress.show)
+    else:
+        progress = TextProgress(len(ids), sys.stderr, after_s=magics.progress_after)
+
+    async def with_progress() -> TransferResults:
+        shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None
+        try:
+            return await start(progress.update)
+        finally:
+            if shower is not None:
+                shower.cancel()
+
+    try:
+        results: TransferResults = magics.call(with_progress())
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the devices' rows are cancelled (see %tunnel history)") from None
+    finally:
+        if timer is not None:
+            loop.call_soon_threadsafe(timer.cancel)
+        progress.close()
+    results.html_max_rows = magics.display_limit
+    if args.out:
+        magics.user_ns[args.out] = results
+    return results
