@@ -61,6 +61,37 @@ def _add_platform_auth(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    """The platform and login options of the commands that work on devices (run, get, put)."""
+    p.add_argument(
+        "--platform",
+        default=os.environ.get("TUNNELNB_URL"),
+        metavar="URL",
+        help="platform base URL (default: $TUNNELNB_URL)",
+    )
+    _add_platform_auth(p)
+    p.add_argument("--user", default=os.environ.get("TUNNELNB_LOGIN_USER", "ops"), help="login user (default ops)")
+    p.add_argument(
+        "--password-env",
+        default="TUNNELNB_LOGIN_PASSWORD",
+        metavar="VAR",
+        help="environment variable holding the login password (default TUNNELNB_LOGIN_PASSWORD); "
+        "prompted for when unset and stdin is a terminal",
+    )
+
+
+def _add_cloud(p: argparse.ArgumentParser) -> None:
+    """Huawei Cloud IoTDA through the official SDK, instead of --platform (run, get, put)."""
+    cloud = p.add_argument_group(
+        "Huawei Cloud IoTDA (pip install 'tunnelnb[huaweicloud]'; AK/SK from $HUAWEICLOUD_SDK_AK / _SK, "
+        "project from --project-id or $HUAWEICLOUD_SDK_PROJECT_ID)"
+    )
+    cloud.add_argument("--huaweicloud", action="store_true", help="use IoTDA through the official SDK")
+    cloud.add_argument("--region", help="IoTDA region, e.g. cn-north-4")
+    cloud.add_argument("--endpoint", metavar="URL", help="your instance's application endpoint")
+    cloud.add_argument("--instance-id", help="IoTDA instance id (Instance-Id header)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelnb",
@@ -192,21 +223,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Exit status: 0 when every device ran the command with exit code 0, 1 otherwise, "
         "130 when interrupted (the rows so far are printed, the rest marked cancelled).",
     )
-    p.add_argument(
-        "--platform",
-        default=os.environ.get("TUNNELNB_URL"),
-        metavar="URL",
-        help="platform base URL (default: $TUNNELNB_URL)",
-    )
-    _add_platform_auth(p)
-    p.add_argument("--user", default=os.environ.get("TUNNELNB_LOGIN_USER", "ops"), help="login user (default ops)")
-    p.add_argument(
-        "--password-env",
-        default="TUNNELNB_LOGIN_PASSWORD",
-        metavar="VAR",
-        help="environment variable holding the login password (default TUNNELNB_LOGIN_PASSWORD); "
-        "prompted for when unset and stdin is a terminal",
-    )
+    _add_connection(p)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--timeout", type=float, default=30.0, help="per-device command timeout in seconds (default 30)")
     p.add_argument("--concurrency", type=int, default=100, help="devices running at once (default 100)")
@@ -259,14 +276,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run the first N targets first, and stop there if any of them fails",
     )
-    cloud = p.add_argument_group(
-        "Huawei Cloud IoTDA (pip install 'tunnelnb[huaweicloud]'; AK/SK from $HUAWEICLOUD_SDK_AK / _SK, "
-        "project from --project-id or $HUAWEICLOUD_SDK_PROJECT_ID)"
-    )
-    cloud.add_argument("--huaweicloud", action="store_true", help="use IoTDA through the official SDK")
-    cloud.add_argument("--region", help="IoTDA region, e.g. cn-north-4")
-    cloud.add_argument("--endpoint", metavar="URL", help="your instance's application endpoint")
-    cloud.add_argument("--instance-id", help="IoTDA instance id (Instance-Id header)")
+    _add_cloud(p)
     _add_tls_client(p)
     p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
     _add_log_level(p, default="warning")
@@ -307,21 +317,7 @@ def _add_file_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             description=f"{what[0].upper()}{what[1:]}: through each device's shell, checksummed, atomic at the "
             "destination. Exit status: 0 when every device's file went through, 1 otherwise, 130 when interrupted.",
         )
-        p.add_argument(
-            "--platform",
-            default=os.environ.get("TUNNELNB_URL"),
-            metavar="URL",
-            help="platform base URL (default: $TUNNELNB_URL)",
-        )
-        _add_platform_auth(p)
-        p.add_argument("--user", default=os.environ.get("TUNNELNB_LOGIN_USER", "ops"), help="login user (default ops)")
-        p.add_argument(
-            "--password-env",
-            default="TUNNELNB_LOGIN_PASSWORD",
-            metavar="VAR",
-            help="environment variable holding the login password (default TUNNELNB_LOGIN_PASSWORD); "
-            "prompted for when unset and stdin is a terminal",
-        )
+        _add_connection(p)
         p.add_argument("--format", choices=["table", "json", "csv"], default="table")
         p.add_argument(
             "--timeout",
@@ -334,11 +330,7 @@ def _add_file_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             p.add_argument("--force", action="store_true", help="replace local files that exist")
         else:
             p.add_argument("--keep-mode", action="store_true", help="give the remote file the local file's mode")
-        cloud = p.add_argument_group("Huawei Cloud IoTDA (as for tunnelnb run)")
-        cloud.add_argument("--huaweicloud", action="store_true", help="use IoTDA through the official SDK")
-        cloud.add_argument("--region", help="IoTDA region, e.g. cn-north-4")
-        cloud.add_argument("--endpoint", metavar="URL", help="your instance's application endpoint")
-        cloud.add_argument("--instance-id", help="IoTDA instance id (Instance-Id header)")
+        _add_cloud(p)
         _add_tls_client(p)
         p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
         p.add_argument("paths", nargs=2, metavar="PATH", help="REMOTE LOCAL_DIR (get), LOCAL REMOTE (put)")
