@@ -77,13 +77,13 @@ async def test_get_fans_out_and_never_overwrites(api: PlatformAPI, sim: Simulate
         # Again: the files are there, so those devices are not even contacted.
         before = (tmp_path / "dev-01" / "device.conf").read_bytes()
         (tmp_path / "dev-01" / "device.conf").write_bytes(b"edited locally")
-        res = await files.get(fleet, "/etc/device.conf", "dev-*", tmp_path)
+        res = await fleet.get("/etc/device.conf", "dev-*", tmp_path)
         assert statuses(res) == {"dev-01": "error", "dev-02": "error", "dev-03": "error", "dev-04": "offline"}
         assert res["dev-01"].error == (
             f"{tmp_path / 'dev-01' / 'device.conf'} exists: pass overwrite=True (--force) to replace it"
         )
         assert (tmp_path / "dev-01" / "device.conf").read_bytes() == b"edited locally"
-        res = await files.get(fleet, "/etc/device.conf", "dev-01", tmp_path, overwrite=True)
+        res = await fleet.get("/etc/device.conf", "dev-01", tmp_path, overwrite=True)
         assert statuses(res) == {"dev-01": "ok"}
         assert (tmp_path / "dev-01" / "device.conf").read_bytes() == before
 
@@ -101,7 +101,7 @@ async def test_put_fans_out_and_a_full_disk_is_a_row(api: PlatformAPI, sim: Simu
     local.chmod(0o750)
     digest = hashlib.sha256(data).hexdigest()
     async with Fleet(api, login=sim.login()) as fleet:
-        res = await files.put(fleet, local, "/data/", "dev-*", keep_mode=True)
+        res = await fleet.put(local, "/data/", "dev-*", keep_mode=True)
         assert statuses(res) == {"dev-01": "ok", "dev-02": "ok", "dev-03": "error", "dev-04": "offline"}
         for device_id in HEALTHY:
             row = res[device_id]

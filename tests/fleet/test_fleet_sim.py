@@ -133,7 +133,7 @@ async def test_tunnelnb_run_formats_and_exit_status(platform: Platform, small_si
     assert code == 1 and "TUNNELNB_LOGIN_PASSWORD" in err
 
 
-def test_sync_api_and_ctrl_c_gives_cancelled_rows():
+def test_sync_api_and_ctrl_c_gives_cancelled_rows(tmp_path):
     """The blocking twin for scripts, on an embedded fleet; Ctrl-C returns the rows as `cancelled`."""
     import tunnelnb
 
@@ -151,6 +151,19 @@ def test_sync_api_and_ctrl_c_gives_cancelled_rows():
         res = fleet.run("echo after", healthy, timeout=20)
         assert set(res.df.stdout) == {"after\n"}
         assert list(fleet.history.run.unique()) == [1, 2, 3]
+
+        # Files and background runs block (or not) the same way.
+        local = tmp_path / "note.txt"
+        local.write_bytes(b"from the script\n")
+        put = fleet.put(local, "/tmp/note.txt", healthy[0], timeout=20)
+        assert [(r.status, r.bytes) for r in put] == [("ok", 16)]
+        got = fleet.get("/tmp/note.txt", healthy[0], tmp_path / "back", timeout=20)
+        assert [r.status for r in got] == ["ok"]
+        assert (tmp_path / "back" / healthy[0] / "note.txt").read_bytes() == b"from the script\n"
+        job = fleet.submit("echo bg", healthy, timeout=20)
+        assert job.wait(30) is True
+        assert set(job.result().df.stdout) == {"bg\n"}
+        assert list(fleet.history.run.unique()) == [1, 2, 3, 4, 5, 6]
 
 
 async def test_tunnelnb_sim_serves_until_sigterm(platform: Platform, api: PlatformAPI):

@@ -12,6 +12,7 @@ devices and returns its rows, marked ``cancelled``, instead of losing them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,8 +20,10 @@ import pandas as pd
 
 from .exitcodes import DEFAULT_OK_CODES
 from .fleet import Fleet, OutputCallback, ResultCallback
+from .jobs import Job
 from .results import Results
 from .runner import ThreadLoopRunner
+from .transfers import TransferResults
 
 __all__ = ["SyncFleet"]
 
@@ -91,6 +94,22 @@ class SyncFleet:
             if self.fleet.last_results is None:
                 raise
             return self.fleet.last_results
+
+    def get(
+        self, remote_path: str, targets: str | Iterable[str] = "*", local_dir: str | os.PathLike[str] = ".", **options: Any
+    ) -> TransferResults:
+        """Like :meth:`Fleet.get`: ``local_dir/DEVICE_ID/NAME`` from every target."""
+        return self._runner.run(self.fleet.get(remote_path, targets, local_dir, **options))
+
+    def put(
+        self, local_path: str | os.PathLike[str], remote_path: str, targets: str | Iterable[str] = "*", **options: Any
+    ) -> TransferResults:
+        """Like :meth:`Fleet.put`: ``local_path`` to ``remote_path`` on every target."""
+        return self._runner.run(self.fleet.put(local_path, remote_path, targets, **options))
+
+    def submit(self, command: str, targets: str | Iterable[str] = "*", **run_kwargs: Any) -> Job:
+        """Like :meth:`Fleet.submit`: the run goes on in the loop's thread; ``job.wait()`` blocks."""
+        return self.fleet.submit(command, targets, **run_kwargs)
 
     @property
     def history(self) -> pd.DataFrame:

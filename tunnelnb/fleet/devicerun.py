@@ -92,8 +92,6 @@ def command_work(
 
 async def run_device(parts: FleetParts, job: DeviceJob, device_id: str) -> CommandResult:
     """The device's row for ``job``, with the fleet's bookkeeping (running, last result, online) around it."""
-    parts.running[device_id] = job.label
-    parts.changed(device_id)
     try:
         result = await _device_row(parts, job, device_id)
     except asyncio.CancelledError:
@@ -105,8 +103,6 @@ async def run_device(parts: FleetParts, job: DeviceJob, device_id: str) -> Comma
             device_id, job.label, ResultStatus.DISCONNECTED, error, job.progress.get(device_id), datetime.now(UTC)
         )
         await parts.close([device_id])
-    finally:
-        parts.running.pop(device_id, None)
     if job.work is not None:
         parts.last[device_id] = result
     if result.status == ResultStatus.OFFLINE:
@@ -136,6 +132,8 @@ async def _device_row(parts: FleetParts, job: DeviceJob, device_id: str) -> Comm
         return row(ResultStatus.OFFLINE, str(exc))
     except (TunnelnbError, PlatformError) as exc:
         return row(ResultStatus.DISCONNECTED, str(exc))
+    parts.running[device_id] = label  # after the wait for a run that holds the device
+    parts.changed(device_id)
     try:
         logins = parts.logins
         changed = logins.take_changed(device_id)
@@ -173,4 +171,5 @@ async def _device_row(parts: FleetParts, job: DeviceJob, device_id: str) -> Comm
             result, device_id=device_id, command=label, started_at=started_at, duration_s=clock.monotonic() - t0
         )
     finally:
+        parts.running.pop(device_id, None)
         await parts.pool.release(device_id)

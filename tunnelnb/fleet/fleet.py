@@ -31,6 +31,7 @@ from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..errors import FleetSizeWarning, TunnelnbError
 from .devicerun import RUNNING_COMMAND, DeviceJob, DeviceWork, FleetParts, OutputCallback, command_work, run_device
+from . import files, jobs
 from .exitcodes import DEFAULT_OK_CODES, check_ok_codes
 from .logins import Logins
 from .partial import Partial, partial_row
@@ -39,6 +40,7 @@ from .results import Results
 from .rollout import Rollout
 from .tables import inventory_table, status_table
 from .targets import select_targets
+from .transfers import TransferResults
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "RUNNING_COMMAND", "DeviceWork", "Fleet", "OutputCallback", "ResultCallback"]
 
@@ -243,6 +245,22 @@ class Fleet:
             max_errors=max_errors,
             canary=canary,
         )
+
+    async def get(
+        self, remote_path: str, targets: str | Iterable[str] = "*", local_dir: str | os.PathLike[str] = ".", **options: Any
+    ) -> TransferResults:
+        """Copy ``remote_path`` from every target to ``local_dir/DEVICE_ID/NAME`` (:func:`tunnelnb.fleet.files.get`)."""
+        return await files.get(self, remote_path, targets, local_dir, **options)
+
+    async def put(
+        self, local_path: str | os.PathLike[str], remote_path: str, targets: str | Iterable[str] = "*", **options: Any
+    ) -> TransferResults:
+        """Write ``local_path`` to ``remote_path`` on every target, atomically (:func:`tunnelnb.fleet.files.put`)."""
+        return await files.put(self, local_path, remote_path, targets, **options)
+
+    def submit(self, command: str, targets: str | Iterable[str] = "*", **run_kwargs: Any) -> jobs.Job:
+        """Start :meth:`run` in the background; returns its :class:`~tunnelnb.fleet.jobs.Job` at once."""
+        return jobs.submit(self, command, targets, **run_kwargs)
 
     async def each(
         self,

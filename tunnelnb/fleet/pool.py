@@ -3,7 +3,8 @@
 IoTDA lets at most 100 devices be logged in at once per instance, so a fleet
 keeps that many sessions; when a device needs one and the pool is full, the
 least recently used idle session is closed to make room, and when every
-session is busy the device waits for one to be released.
+session is busy the device waits for one to be released.  A device busy with
+one run waits for it before another run uses it.
 """
 
 from __future__ import annotations
@@ -41,10 +42,18 @@ class SessionPool:
         return self._sessions.get(device_id)
 
     async def acquire(self, device_id: str, timeout: float) -> DeviceSession:
-        """The device's session, marked busy; a new one is opened (within ``timeout``) when needed."""
+        """The device's session, marked busy; a new one is opened (within ``timeout``) when needed.
+
+        A device is used by one run at a time: a second run (a background job and a
+        cell) waits here until the first releases it, so it neither logs in twice
+        nor has its session evicted under it.  ``timeout`` does not count that wait.
+        """
         evicted: DeviceSession | None = None
         async with self._changed:
             while True:
+                if device_id in self._busy:
+                    await self._changed.wait()
+                    continue
                 session = self._sessions.get(device_id)
                 if session is not None and not session.closed:
                     self._sessions.move_to_end(device_id)

@@ -44,6 +44,7 @@ STATUS_ORDER = (
     ResultStatus.AUTH_FAILED,
     ResultStatus.DISCONNECTED,
     ResultStatus.CANCELLED,
+    ResultStatus.SKIPPED,
 )
 
 #: How the header groups the statuses: a non-zero exit is a command that ran and said no,
@@ -52,6 +53,7 @@ STATUS_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ran", (ResultStatus.OK, ResultStatus.ERROR)),
     ("did not finish", (ResultStatus.TIMEOUT, ResultStatus.DISCONNECTED, ResultStatus.CANCELLED)),
     ("did not run", (ResultStatus.OFFLINE, ResultStatus.AUTH_FAILED)),
+    ("not started", (ResultStatus.SKIPPED,)),
 )
 
 #: Status cell colours of the notebook tables (results, dashboard): (background, text).
@@ -63,6 +65,7 @@ STATUS_COLOURS = {
     ResultStatus.AUTH_FAILED: ("#f5c6cb", "#491217"),
     ResultStatus.DISCONNECTED: ("#ffe5d0", "#7a3e00"),
     ResultStatus.CANCELLED: ("#e2e3e5", "#383d41"),
+    ResultStatus.SKIPPED: ("#f8f9fa", "#6c757d"),
 }
 #: The colours of a status not in :data:`STATUS_COLOURS`.
 OTHER_COLOUR = ("#e2e3e5", "#383d41")
