@@ -17,6 +17,7 @@ rely on a builtin base (``ValueError`` for bad input, ``LookupError``,
     │   └── LoginError
     │       └── AuthFailed            the device's SSH server refused the login
     ├── SessionStateError             a session event its state does not allow (a bug)
+    ├── JobStillRunning (TimeoutError) a background job's result asked for too soon
     ├── CassetteError
     │   └── CassetteMismatch          a strict replay was asked for what its cassette lacks
     ├── ProtocolError (ValueError)    a frame or payload that cannot be understood
@@ -48,6 +49,7 @@ __all__ = [
     "FleetSizeWarning",
     "HuaweiCloudSDKMissing",
     "InsecureTLSWarning",
+    "JobStillRunning",
     "LoginError",
     "ParseError",
     "PlatformError",
@@ -147,6 +149,10 @@ class SessionStateError(TunnelnbError):
 
 
 # -- runs and cassettes -------------------------------------------------------------
+
+
+class JobStillRunning(TunnelnbError, TimeoutError):
+    """``job.result(timeout)`` ran out of time; the background job goes on."""
 
 
 class CassetteError(TunnelnbError):

@@ -176,6 +176,18 @@ async def test_cancel_interrupts_the_devices_and_the_sessions_stay_usable(fleet:
     assert [(r.status, r.stdout) for r in again] == [("ok", "again\n")] * 3
 
 
+async def test_closing_the_fleet_cancels_its_jobs_first(fleet: Fleet):
+    """``fleet.close()`` (``%tunnel close``) stops a job's devices with Ctrl-C: rows ``cancelled``, not dropped."""
+    started = asyncio.Event()
+    job = submit(fleet, "echo started; sleep 30", "device-01", timeout=60, on_output=lambda d, t: started.set())
+    await asyncio.wait_for(started.wait(), 30)
+    late = submit(fleet, "sleep 30", "device-02", timeout=60)  # submitted in the same step of the loop as the close
+    await asyncio.wait_for(fleet.close(), 30)
+    assert (job.state, late.state) == ("cancelled", "cancelled")
+    assert [(r.status, r.stdout, r.error) for r in job.result(0)] == [("cancelled", "started\n", "the run was cancelled")]
+    assert [(r.status, r.error) for r in late.result(0)] == [("cancelled", "the run was cancelled")]
+
+
 async def test_a_job_cancelled_before_it_started_still_has_its_rows(fleet: Fleet):
     job = submit(fleet, "echo never", "device-0[1-2]", timeout=20)
     assert job.cancel() is True  # on the loop's thread, before its task has run

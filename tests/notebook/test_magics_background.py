@@ -57,6 +57,8 @@ def ip() -> Iterator[InteractiveShell]:
         yield shell
     finally:
         shell.run_line_magic("unload_ext", "tunnelnb")
+    # The extension takes back the display of jobs it installed.
+    assert Job not in shell.display_formatter.ipython_display_formatter.type_printers
 
 
 class Gates:

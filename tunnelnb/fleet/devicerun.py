@@ -25,8 +25,9 @@ from .exitcodes import apply_ok_codes
 from .logins import Logins, keep_working_login
 from .partial import Partial, partial_row
 from .pool import SessionPool
+from .results import Results
 
-__all__ = ["RUNNING_COMMAND", "DeviceJob", "DeviceWork", "FleetParts", "command_work", "run_device"]
+__all__ = ["RECORDED", "RUNNING_COMMAND", "DeviceJob", "DeviceWork", "FleetParts", "command_work", "run_device"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ OutputCallback = Callable[[str, str], None]
 #: The user's command a device's task is running (set by the fleet per device task), so
 #: that a backend that cannot answer (a replay whose cassette lacks it) can name it.
 RUNNING_COMMAND: ContextVar[str | None] = ContextVar("tunnelnb_running_command", default=None)
+
+#: Where a run's table goes besides the history: ``None`` for ``fleet.last_results``
+#: (the foreground's, what an interrupted cell reports), a list for a background job's
+#: task (:mod:`tunnelnb.fleet.jobs`), which must not replace the foreground's.
+RECORDED: ContextVar[list[Results] | None] = ContextVar("tunnelnb_recorded", default=None)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from ..client.backend import PASSWORD_PLACEHOLDER, PlatformBackend
 from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..errors import FleetSizeWarning, TunnelnbError
-from .devicerun import RUNNING_COMMAND, DeviceJob, DeviceWork, FleetParts, OutputCallback, command_work, run_device
+from .devicerun import RECORDED, RUNNING_COMMAND, DeviceJob, DeviceWork, FleetParts, OutputCallback, command_work, run_device
 from . import files, jobs
 from .exitcodes import DEFAULT_OK_CODES, check_ok_codes
 from .logins import Logins
@@ -397,7 +397,11 @@ class Fleet:
 
         results = Results([rows.get(d) or cancelled(d) for d in ids])
         self._runs.append((next(self._run_ids), results))
-        self.last_results = results
+        sink = RECORDED.get()
+        if sink is None:
+            self.last_results = results
+        else:
+            sink.append(results)
         return results
 
     def _set_online(self, device_id: str, online: bool) -> None:
@@ -492,6 +496,8 @@ class Fleet:
 
     async def close(self, targets: str | Iterable[str] | None = None) -> None:
         """Close sessions (all of them, and whatever the fleet started, when ``targets`` is None)."""
+        if targets is None:
+            await jobs.stop_jobs(self)  # their devices' rows say cancelled, not disconnected
         sessions = self._pool.detach(None if targets is None else self.select(targets))
         limit = asyncio.Semaphore(min(self.concurrency, DEFAULT_MAX_SESSIONS))
 

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..client.result import CommandResult
-from ..errors import TunnelnbError
+from ..errors import JobStillRunning, TunnelnbError
+from .devicerun import RECORDED
 from .exitcodes import check_ok_codes
 from .results import Results
 from .runner import KernelLoopRunner
@@ -51,7 +52,7 @@ from .text import one_line
 if TYPE_CHECKING:
     from .fleet import Fleet
 
-__all__ = ["Job", "JobProgress", "JobStillRunning", "busy_devices", "jobs_of", "jobs_table", "submit"]
+__all__ = ["Job", "JobProgress", "JobStillRunning", "busy_devices", "jobs_of", "jobs_table", "stop_jobs", "submit"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.5
 
 RUNNING, FINISHED, CANCELLED, FAILED = "running", "finished", "cancelled", "failed"
-
-
-class JobStillRunning(TunnelnbError, TimeoutError):
-    """:meth:`Job.result` ran out of time; the job goes on."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +114,15 @@ def busy_devices(fleet: Fleet, device_ids: Iterable[str] | None = None) -> dict[
                 if wanted is None or device_id in wanted:
                     busy.setdefault(device_id, job)
     return busy
+
+
+async def stop_jobs(fleet: Fleet) -> None:
+    """Cancel the fleet's running jobs and wait for their rows: :meth:`Fleet.close` does it before closing sessions."""
+    await asyncio.sleep(0)  # a job submitted in this step of the loop starts first, so it gets rows
+    running = [job for job in jobs_of(fleet) if not job.done()]
+    for job in running:
+        job.cancel()
+    await asyncio.gather(*(job._task for job in running if job._task is not None), return_exceptions=True)
 
 
 def jobs_table(fleet: Fleet) -> pd.DataFrame:
@@ -206,7 +212,6 @@ class Job:
         self._cancel_requested = False
         self._cancelling = False
         self._was_cancelled = False  # its rows came from a cancelled fleet.run
-        self._foreground_last: Results | None = fleet.last_results
         self._watchers: list[Callable[[Job], None]] = []
         # The cross-thread handle: set when the task ends; running, so nobody can cancel it but cancel().
         self._future: concurrent.futures.Future[Results] = concurrent.futures.Future()
@@ -360,44 +365,22 @@ class Job:
     async def _main(self) -> Results:
         self._started = True
         fleet = self.fleet
+        recorded: list[Results] = []
+        RECORDED.set(recorded)  # this task's context only: the foreground keeps last_results
         if self._cancel_requested:  # cancelled before it started: once fleet.run has its devices, so they get rows
             asyncio.get_running_loop().call_soon(self._cancel_task)
         try:
-            results = await fleet.run(
+            return await fleet.run(
                 self.command, self.targets, on_result=self._on_result, on_output=self._user_on_output, **self._kwargs
             )
         except asyncio.CancelledError:
-            recorded = self._take_back_last_results(fleet)
-            if not self._cancel_requested or recorded is None:
+            if not self._cancel_requested or not recorded:
                 raise  # cancelled from outside (the loop shutting down)
             self._was_cancelled = True
-            return recorded
-        except BaseException:
-            self._take_back_last_results(fleet)
-            raise
-        self._take_back_last_results(fleet)
-        return results
-
-    def _take_back_last_results(self, fleet: Fleet) -> Results | None:
-        """This job's rows, which fleet.run has just put in ``last_results``: put back the foreground's there.
-
-        fleet.run records its rows (also when it is cancelled or fails) just before it
-        returns or raises, in the same step of the loop as this call, so a table other
-        than the foreground's there, of this command on these targets, is this job's.
-        """
-        recorded = fleet.last_results
-        if recorded is None or recorded is self._foreground_last:
-            return None
-        if recorded.device_ids != self.targets or {r.command for r in recorded} != {self.command}:
-            return None
-        fleet.last_results = self._foreground_last
-        return recorded
+            return recorded[-1]
 
     def _on_result(self, row: CommandResult) -> None:
         self._rows[row.device_id] = row
-        fleet = self._fleet()
-        if fleet is not None and fleet.last_results is not self._foreground_last:
-            self._foreground_last = fleet.last_results  # a foreground run ended meanwhile
         if self._user_on_result is not None:
             self._user_on_result(row)
         self._notify()

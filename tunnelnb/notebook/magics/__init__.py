@@ -27,6 +27,7 @@ from traitlets.config import Configurable
 
 from ...errors import CassetteMismatch, TunnelnbError
 from ...fleet.fleet import Fleet
+from ...fleet.jobs import Job
 from ...fleet.runner import KernelLoopRunner, LoopRunner
 from ...fleet.tables import terminal_text
 from . import connect, files, inventory, jobs, login, record, run, shell, status
@@ -253,6 +254,7 @@ def _plain_table(df: pd.DataFrame, printer: Any, cycle: bool) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext tunnelnb``: close the connection."""
     ipython.display_formatter.formatters["text/plain"].type_printers.pop(pd.DataFrame, None)
+    ipython.display_formatter.ipython_display_formatter.type_printers.pop(Job, None)  # background.start's
     magics = getattr(ipython, "_tunnelnb_magics", None)
     if magics is not None:
         connect.disconnect(magics, quiet=True)
