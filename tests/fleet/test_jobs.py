@@ -184,7 +184,9 @@ async def test_closing_the_fleet_cancels_its_jobs_first(fleet: Fleet):
     late = submit(fleet, "sleep 30", "device-02", timeout=60)  # submitted in the same step of the loop as the close
     await asyncio.wait_for(fleet.close(), 30)
     assert (job.state, late.state) == ("cancelled", "cancelled")
-    assert [(r.status, r.stdout, r.error) for r in job.result(0)] == [("cancelled", "started\n", "the run was cancelled")]
+    assert [(r.status, r.stdout, r.error) for r in job.result(0)] == [
+        ("cancelled", "started\n", "the run was cancelled")
+    ]
     assert [(r.status, r.error) for r in late.result(0)] == [("cancelled", "the run was cancelled")]
 
 

@@ -96,7 +96,11 @@ class SyncFleet:
             return self.fleet.last_results
 
     def get(
-        self, remote_path: str, targets: str | Iterable[str] = "*", local_dir: str | os.PathLike[str] = ".", **options: Any
+        self,
+        remote_path: str,
+        targets: str | Iterable[str] = "*",
+        local_dir: str | os.PathLike[str] = ".",
+        **options: Any,
     ) -> TransferResults:
         """Like :meth:`Fleet.get`: ``local_dir/DEVICE_ID/NAME`` from every target."""
         return self._runner.run(self.fleet.get(remote_path, targets, local_dir, **options))

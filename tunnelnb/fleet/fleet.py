@@ -30,8 +30,17 @@ from ..client.backend import PASSWORD_PLACEHOLDER, PlatformBackend
 from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..errors import FleetSizeWarning, TunnelnbError
-from .devicerun import RECORDED, RUNNING_COMMAND, DeviceJob, DeviceWork, FleetParts, OutputCallback, command_work, run_device
 from . import files, jobs
+from .devicerun import (
+    RECORDED,
+    RUNNING_COMMAND,
+    DeviceJob,
+    DeviceWork,
+    FleetParts,
+    OutputCallback,
+    command_work,
+    run_device,
+)
 from .exitcodes import DEFAULT_OK_CODES, check_ok_codes
 from .logins import Logins
 from .partial import Partial, partial_row
@@ -247,7 +256,11 @@ class Fleet:
         )
 
     async def get(
-        self, remote_path: str, targets: str | Iterable[str] = "*", local_dir: str | os.PathLike[str] = ".", **options: Any
+        self,
+        remote_path: str,
+        targets: str | Iterable[str] = "*",
+        local_dir: str | os.PathLike[str] = ".",
+        **options: Any,
     ) -> TransferResults:
         """Copy ``remote_path`` from every target to ``local_dir/DEVICE_ID/NAME`` (:func:`tunnelnb.fleet.files.get`)."""
         return await files.get(self, remote_path, targets, local_dir, **options)
