@@ -14,8 +14,9 @@ rely on a builtin base (``ValueError`` for bad input, ``LookupError``,
     │   ├── TunnelGone                the platform no longer has the tunnel (404)
     │   ├── DeviceOffline
     │   ├── DeviceDisconnected
-    │   └── LoginError
-    │       └── AuthFailed            the device's SSH server refused the login
+    │   ├── LoginError
+    │   │   └── AuthFailed            the device's SSH server refused the login
+    │   └── TerminalError             an interactive terminal could not open, or ended
     ├── SessionStateError             a session event its state does not allow (a bug)
     ├── JobStillRunning (TimeoutError) a background job's result asked for too soon
     ├── CassetteError
@@ -59,6 +60,7 @@ __all__ = [
     "SignatureError",
     "TLSConfigError",
     "TargetError",
+    "TerminalError",
     "TunnelAuthError",
     "TunnelClosed",
     "TunnelError",
@@ -142,6 +144,14 @@ class LoginError(TunnelError):
 
 class AuthFailed(LoginError):
     """The device's SSH server refused the user name or password."""
+
+
+class TerminalError(TunnelError):
+    """An interactive terminal (``%tunnel shell``, ``tunnelnb shell``) could not open; ``status`` is the row's."""
+
+    def __init__(self, message: str, status: str = "disconnected") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SessionStateError(TunnelnbError):

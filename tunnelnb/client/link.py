@@ -93,6 +93,11 @@ class TunnelLink:
         return self.state.logged_in
 
     @property
+    def attached(self) -> bool:
+        """Does an interactive terminal have the shell (``%tunnel shell``)?"""
+        return self.state is SessionState.ATTACHED
+
+    @property
     def closed(self) -> bool:
         return self.state is SessionState.CLOSED
 

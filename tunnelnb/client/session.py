@@ -31,16 +31,20 @@ from ..errors import (
     DeviceDisconnected,
     DeviceOffline,
     LoginError,
+    TerminalError,
     TunnelClosed,
     TunnelError,
     TunnelnbError,
 )
 from ..protocol.frames import C_SDK_SSH_FAILED, DEFAULT_MAX_MESSAGE_BYTES, Frame, Status
 from ..protocol.shell import (
+    PTY_COLS,
+    PTY_ROWS,
     CommandParser,
     Finished,
     TerminalText,
     command_script,
+    interactive_script,
     new_marker_id,
     strip_escapes,
 )
@@ -59,6 +63,7 @@ from .recovery import (
 from .result import CommandResult, ResultStatus
 from .shellsync import ShellEvents, sync_shell
 from .state import Event, SessionState
+from .terminal import Terminal
 from .transfer import DEFAULT_TIMEOUT_S, FileResult, Outcome, Progress, download, guarded, upload
 from .verified import Execute, remove_temp_files, run_verified
 
@@ -118,6 +123,7 @@ class DeviceSession(TunnelLink):
         self._credentials: tuple[str, str] | None = None
         self._temp_files: list[str] = []  # marker ids of verified runs whose temporary files may be left
         self.last_result: CommandResult | None = None
+        self._terminal: Terminal | None = None  # attached: the shell is an interactive terminal's
 
     def __repr__(self) -> str:
         return f"<DeviceSession {self.device_id} tunnel={self.tunnel_id} {self.state.value}>"
@@ -125,6 +131,9 @@ class DeviceSession(TunnelLink):
     # -- frames from the device ----------------------------------------------
 
     def _on_output(self, data: str) -> None:
+        if self._terminal is not None:
+            self._terminal._received(data)
+            return
         text = self._term.feed(data)
         running = self._running
         if running is not None and text:
@@ -291,6 +300,11 @@ class DeviceSession(TunnelLink):
 
     async def _prepare(self, timeout: float) -> tuple[str, str] | None:
         """A logged-in, answering shell within ``timeout``; else the ``(status, error)`` of the row."""
+        if self.state is SessionState.ATTACHED:
+            return ResultStatus.SKIPPED, (
+                f"a terminal is attached to {self.device_id} (%tunnel shell, tunnelnb shell): "
+                "detach it (its Detach button, or ~. after Enter) and run again"
+            )
         try:
             if not self.logged_in:
                 if self._credentials is None:
@@ -503,6 +517,58 @@ class DeviceSession(TunnelLink):
         """Ctrl-C on the device, best effort, even while being cancelled."""
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.shield(self._send_text("\x03"))
+
+    # -- an interactive terminal (client/terminal.py) --------------------------
+
+    async def attach(
+        self,
+        on_output: Callable[[bytes], None],
+        *,
+        on_note: Callable[[str], None] | None = None,
+        rows: int = PTY_ROWS,
+        cols: int = PTY_COLS,
+        timeout: float = 30.0,
+    ) -> Terminal:
+        """Give the shell to an interactive terminal until :meth:`Terminal.detach` (see its module).
+
+        Raises :class:`TerminalError` (with the row status it would be) when the shell
+        cannot be had within ``timeout``: not logged in, offline, a terminal already there.
+        """
+        terminal = Terminal(self, on_output, on_note, rows=rows, cols=cols, timeout=timeout)
+        await terminal._start()
+        return terminal
+
+    def _mirror(self, state: SessionState) -> None:
+        super()._mirror(state)
+        terminal = self._terminal
+        if terminal is not None and state is not SessionState.ATTACHED:
+            self._terminal = None
+            terminal._left(state)
+
+    async def _enter_terminal(self, terminal: Terminal, timeout: float) -> None:
+        """READY → ATTACHED for ``terminal``: the shell gets echo, a prompt, a ``TERM`` and its size."""
+        async with self._lock:
+            if self._terminal is not None or self.state is SessionState.ATTACHED:
+                raise TerminalError(f"a terminal is already attached to {self.device_id}", ResultStatus.SKIPPED)
+            failed = await self._prepare(timeout)
+            if failed is not None:
+                raise TerminalError(failed[1], failed[0])
+            self._process(Event.ATTACH)
+            self._terminal = terminal
+            try:
+                await self._send_text(interactive_script(terminal.rows, terminal.cols, terminal.term))
+            except TunnelnbError as exc:
+                raise TerminalError(f"{self.device_id}: {exc}") from None
+
+    async def _leave_terminal(self, terminal: Terminal, timeout: float) -> None:
+        """ATTACHED → RESYNC → READY: framing back on, a full-screen program left or a new shell (best effort)."""
+        if self._terminal is terminal:
+            self._terminal = None
+        async with self._lock:
+            self._process_if(SessionState.ATTACHED, Event.DETACH)
+            if self.state is SessionState.RESYNC:
+                with contextlib.suppress(TimeoutError, TunnelnbError):
+                    await self._resync(timeout)  # else the next run re-syncs
 
     # -- raw terminal access ----------------------------------------------
 

@@ -11,6 +11,7 @@ log in, run) is legal only where it makes sense.
 
     IDLE ─open→ CONNECTING ─connected→ WAITING ─joined→ JOINED ─login→ LOGGING_IN ─logged_in→ READY
     READY ─run→ RUNNING ─done→ READY          RUNNING ─interrupted→ RESYNC ─run→ RUNNING
+    READY ─attach→ ATTACHED ─detach→ RESYNC   (a terminal: keys raw, no framing)
     any open state ─lost→ RECONNECTING ─reconnected→ WAITING  (─gave_up→ IDLE)
     any state ─close→ CLOSED
 """
@@ -36,6 +37,7 @@ class SessionState(enum.Enum):
     READY = "ready"  # logged in; the shell answers framed commands
     RUNNING = "running"  # a framed command (or the shell's re-sync) is in flight
     RESYNC = "resync"  # logged in, but typed-ahead input was flushed (Ctrl-C, a timeout): sync before the next command
+    ATTACHED = "attached"  # an interactive terminal has the shell (echo on, a prompt): no framed commands
     RECONNECTING = "reconnecting"  # the WebSocket dropped; reopening it with back-off
     CLOSED = "closed"  # closed by the application; open() starts again
 
@@ -63,6 +65,8 @@ class Event(enum.Enum):
     RUN = "run"
     DONE = "done"
     INTERRUPTED = "interrupted"
+    ATTACH = "attach"
+    DETACH = "detach"
     RECONNECTED = "reconnected"
     GAVE_UP = "gave_up"
     CLOSE = "close"
@@ -75,8 +79,8 @@ class Event(enum.Enum):
 
 S, E = SessionState, Event
 
-_JOINED = frozenset({S.JOINED, S.LOGGING_IN, S.READY, S.RUNNING, S.RESYNC})
-_LOGGED_IN = frozenset({S.READY, S.RUNNING, S.RESYNC})
+_JOINED = frozenset({S.JOINED, S.LOGGING_IN, S.READY, S.RUNNING, S.RESYNC, S.ATTACHED})
+_LOGGED_IN = frozenset({S.READY, S.RUNNING, S.RESYNC, S.ATTACHED})
 #: States with an open WebSocket, where the device's frames arrive.
 _SOCKET_OPEN = frozenset({S.WAITING, *_JOINED})
 
@@ -101,9 +105,11 @@ TRANSITIONS: Mapping[SessionState, Mapping[Event, SessionState]] = {
     S.WAITING: {E.CLOSE: S.CLOSED},
     S.JOINED: {E.LOGIN: S.LOGGING_IN, E.CLOSE: S.CLOSED},
     S.LOGGING_IN: {E.LOGGED_IN: S.READY, E.LOGIN_FAILED: S.JOINED, E.CLOSE: S.CLOSED},
-    S.READY: {E.RUN: S.RUNNING, E.LOGIN: S.LOGGING_IN, E.CLOSE: S.CLOSED},
+    S.READY: {E.RUN: S.RUNNING, E.LOGIN: S.LOGGING_IN, E.ATTACH: S.ATTACHED, E.CLOSE: S.CLOSED},
     S.RUNNING: {E.DONE: S.READY, E.INTERRUPTED: S.RESYNC, E.CLOSE: S.CLOSED},
     S.RESYNC: {E.RUN: S.RUNNING, E.LOGIN: S.LOGGING_IN, E.CLOSE: S.CLOSED},
+    # The shell is the terminal's: after it, the next command re-syncs (framing back on).
+    S.ATTACHED: {E.DETACH: S.RESYNC, E.CLOSE: S.CLOSED},
     S.RECONNECTING: {
         E.RECONNECTED: S.WAITING,
         E.GAVE_UP: S.IDLE,

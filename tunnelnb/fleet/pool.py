@@ -61,7 +61,7 @@ class SessionPool:
                     return session
                 if len(self._sessions) < self.max_sessions:
                     break
-                victim = next((d for d in self._sessions if d not in self._busy), None)
+                victim = next((d for d, s in self._sessions.items() if d not in self._busy and not s.attached), None)
                 if victim is not None:
                     evicted = self._sessions.pop(victim)
                     break

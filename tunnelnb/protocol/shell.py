@@ -24,6 +24,8 @@ from dataclasses import dataclass
 __all__ = [
     "MAX_STATUS_DIGITS",
     "MAX_TYPED_LINE",
+    "PTY_COLS",
+    "PTY_ROWS",
     "CommandParser",
     "Finished",
     "Output",
@@ -32,6 +34,7 @@ __all__ = [
     "command_block",
     "command_script",
     "framed",
+    "interactive_script",
     "new_marker_id",
     "setup_script",
     "strip_escapes",
@@ -47,6 +50,31 @@ def setup_script() -> str:
     """Sent once after login: no echo, no prompts, no ``\\n`` → ``\\r\\n`` rewriting, a dumb terminal."""
     # bash would expand "!" in typed lines (history); turn that off where it exists.
     return "stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export TERM=dumb; case $- in *H*) set +H;; esac\n"
+
+
+#: The size of the PTY a device opens for the tunnel's SSH session.  tunnelnb's agent opens 128×30;
+#: what the C SDK asks libssh for could not be read here (its tunnel sources were not in the
+#: searchable index), so a terminal that needs another size says so with ``stty``.
+PTY_COLS, PTY_ROWS = 128, 30
+
+
+def interactive_script(rows: int = PTY_ROWS, cols: int = PTY_COLS, term: str = "xterm-256color") -> str:
+    """Typed when a terminal attaches: echo, a prompt and a real ``TERM`` back, the terminal's size.
+
+    :func:`setup_script` undoes it (the session re-syncs after a terminal).  Typed
+    while echo is still off, so the user sees only the prompt.  ``stty rows/cols``
+    sets the PTY's size as a terminal resize would (the protocol has none); the
+    prompt is POSIX (``$PWD`` expanded at each prompt), not bash's ``\\w``.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._+-]{1,64}", term):
+        raise ValueError(f"not a terminal type: {term!r}")
+    if not (0 < rows < 10_000 and 0 < cols < 10_000):
+        raise ValueError(f"not a terminal size: {cols}x{rows}")
+    prompt = '"$(id -un 2>/dev/null)@$(uname -n 2>/dev/null):\\$PWD\\$ "'
+    return (
+        f"stty sane rows {rows} cols {cols} 2>/dev/null; export TERM={term}; "
+        f"PS1={prompt}; PS2='> '; unset PROMPT_COMMAND\n"
+    )
 
 
 def new_marker_id(seq: int, session_tag: str) -> str:
