@@ -75,7 +75,7 @@ PROMPT = r"[\w.-]+@[^:\r\n]+:[^\r\n]*\$ "
 def test_the_interactive_script_is_posix_and_checks_its_input():
     assert interactive_script(24, 80, "vt100") == (
         "stty sane rows 24 cols 80 2>/dev/null; export TERM=vt100; "
-        'PS1="$(id -un 2>/dev/null)@$(uname -n 2>/dev/null):\\$PWD\\$ "; PS2=\'> \'; unset PROMPT_COMMAND\n'
+        "PS1=\"$(id -un 2>/dev/null)@$(uname -n 2>/dev/null):\\$PWD\\$ \"; PS2='> '; unset PROMPT_COMMAND\n"
     )
     with pytest.raises(ValueError, match="not a terminal type: 'xterm; rm -rf /'"):
         interactive_script(term="xterm; rm -rf /")

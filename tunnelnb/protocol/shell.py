@@ -52,7 +52,7 @@ def setup_script() -> str:
     return "stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export TERM=dumb; case $- in *H*) set +H;; esac\n"
 
 
-#: The size of the PTY a device opens for the tunnel's SSH session.  tunnelnb's agent opens 128×30;
+#: The size of the PTY a device opens for the tunnel's SSH session.  tunnelnb's agent opens 128x30;
 #: what the C SDK asks libssh for could not be read here (its tunnel sources were not in the
 #: searchable index), so a terminal that needs another size says so with ``stty``.
 PTY_COLS, PTY_ROWS = 128, 30
