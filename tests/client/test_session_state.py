@@ -73,8 +73,21 @@ def test_what_the_device_and_the_platform_do(state, event, expected):
 
 
 def test_joined_and_logged_in_are_read_off_the_state():
-    assert {s for s in SessionState if s.joined} == {S.JOINED, S.LOGGING_IN, S.READY, S.RUNNING, S.RESYNC}
-    assert {s for s in SessionState if s.logged_in} == {S.READY, S.RUNNING, S.RESYNC}
+    assert {s for s in SessionState if s.joined} == {S.JOINED, S.LOGGING_IN, S.READY, S.RUNNING, S.RESYNC, S.ATTACHED}
+    assert {s for s in SessionState if s.logged_in} == {S.READY, S.RUNNING, S.RESYNC, S.ATTACHED}
+
+
+def test_a_terminal_has_the_shell_until_it_detaches():
+    """READY → ATTACHED (no framed command meanwhile) → RESYNC: the next command re-syncs the shell first."""
+    machine = StateMachine(S.READY)
+    assert machine.process(E.ATTACH) is S.ATTACHED
+    for event in (E.RUN, E.LOGIN, E.ATTACH, E.DONE):
+        with pytest.raises(SessionStateError, match=f"cannot handle event '{event.value}' in state 'attached'"):
+            StateMachine(S.ATTACHED).process(event)
+    assert machine.process(E.DETACH) is S.RESYNC
+    assert StateMachine(S.ATTACHED).process(E.LOST) is S.RECONNECTING
+    assert StateMachine(S.ATTACHED).process(E.DISCONNECT) is S.JOINED  # the shell ended (exit)
+    assert StateMachine(S.ATTACHED).process(E.LEAVE) is S.WAITING
 
 
 @given(st.sampled_from(list(SessionState)), st.lists(st.sampled_from(PEER_EVENTS), max_size=30))

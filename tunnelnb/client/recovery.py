@@ -26,6 +26,9 @@ session's states"):
 
 from __future__ import annotations
 
+from ..errors import AuthFailed, DeviceDisconnected, LoginError, TunnelnbError
+from ..protocol.frames import C_SDK_SSH_FAILED, Status
+
 __all__ = [
     "ESCAPE_KEYS",
     "LOGIN_ATTEMPTS",
@@ -35,6 +38,7 @@ __all__ = [
     "NOTE_SHELL_RESTARTED",
     "RESYNC_MAX_S",
     "RESYNC_SHARES",
+    "disconnect_error",
 ]
 
 #: How many times one login sends ``connect`` when the device leaves and rejoins meanwhile.
@@ -63,3 +67,26 @@ NOTE_NEW_SHELL = f"the device's shell was lost, so tunnelnb logged in again: {_R
 NOTE_SHELL_RESTARTED = (
     f"the shell did not come back after Ctrl-C (a full-screen program?), so tunnelnb logged in again: {_RESET}"
 )
+
+
+def disconnect_error(device_id: str, code: str, msg: str, *, logging_in: bool) -> TunnelnbError:
+    """What a ``disconnect`` frame (``code``, ``msg``) means for whatever waits on the device."""
+    left = code in (Status.PEER_GONE, Status.TUNNEL_CLOSED)
+    if code == Status.AUTH_FAILED:
+        return AuthFailed(f"{device_id}: {msg}", code)
+    if logging_in and left:
+        return DeviceDisconnected(f"{device_id} left the tunnel during the login: {msg}", code)
+    if logging_in and code == Status.CHANNEL_FAILED and C_SDK_SSH_FAILED in msg:
+        # The C SDK's one answer to every SSH failure (wss_client.c); most often a wrong password.
+        return AuthFailed(
+            f"{device_id}: the device could not open an SSH session ({code} {msg}): "
+            "wrong user or password, or its SSH server is down",
+            code,
+        )
+    if logging_in:
+        return LoginError(
+            f"{device_id}: the device could not open an SSH session ({code} {msg}): "
+            "check the user, the password and its SSH server",
+            code,
+        )
+    return DeviceDisconnected(f"{device_id} disconnected: {msg}", code)

@@ -31,12 +31,11 @@ from ..errors import (
     DeviceDisconnected,
     DeviceOffline,
     LoginError,
-    TerminalError,
     TunnelClosed,
     TunnelError,
     TunnelnbError,
 )
-from ..protocol.frames import C_SDK_SSH_FAILED, DEFAULT_MAX_MESSAGE_BYTES, Frame, Status
+from ..protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, Frame, Status
 from ..protocol.shell import (
     PTY_COLS,
     PTY_ROWS,
@@ -44,7 +43,6 @@ from ..protocol.shell import (
     Finished,
     TerminalText,
     command_script,
-    interactive_script,
     new_marker_id,
     strip_escapes,
 )
@@ -59,6 +57,7 @@ from .recovery import (
     NOTE_SHELL_RESTARTED,
     RESYNC_MAX_S,
     RESYNC_SHARES,
+    disconnect_error,
 )
 from .result import CommandResult, ResultStatus
 from .shellsync import ShellEvents, sync_shell
@@ -149,27 +148,8 @@ class DeviceSession(TunnelLink):
         msg = str(data.get("status_msg", "") or "no reason given")
         log.info("device %s: disconnect %s (%s)", self.device_id, code, msg)
         logging_in = self.state is SessionState.LOGGING_IN
-        left = code in (Status.PEER_GONE, Status.TUNNEL_CLOSED)
-        self._process(Event.LEAVE if left else Event.DISCONNECT)
-        if code == Status.AUTH_FAILED:
-            error: TunnelnbError = AuthFailed(f"{self.device_id}: {msg}", code)
-        elif logging_in and left:
-            error = DeviceDisconnected(f"{self.device_id} left the tunnel during the login: {msg}", code)
-        elif logging_in and code == Status.CHANNEL_FAILED and C_SDK_SSH_FAILED in msg:
-            # The C SDK's one answer to every SSH failure (wss_client.c); most often a wrong password.
-            error = AuthFailed(
-                f"{self.device_id}: the device could not open an SSH session ({code} {msg}): "
-                "wrong user or password, or its SSH server is down",
-                code,
-            )
-        elif logging_in:
-            error = LoginError(
-                f"{self.device_id}: the device could not open an SSH session ({code} {msg}): "
-                "check the user, the password and its SSH server",
-                code,
-            )
-        else:
-            error = DeviceDisconnected(f"{self.device_id} disconnected: {msg}", code)
+        self._process(Event.LEAVE if code in (Status.PEER_GONE, Status.TUNNEL_CLOSED) else Event.DISCONNECT)
+        error = disconnect_error(self.device_id, code, msg, logging_in=logging_in)
         self.last_error = str(error)
         self._fail_waiters(error)
 
@@ -324,6 +304,14 @@ class DeviceSession(TunnelLink):
             return ResultStatus.DISCONNECTED, self.last_error or f"{self.device_id} left the tunnel"
         return None
 
+    async def _ready(self, timeout: float) -> tuple[str, str] | None:
+        """:meth:`_prepare`, then the temporary files that verified runs or puts left removed (under the lock)."""
+        failed = await self._prepare(timeout)
+        if failed is None and self._temp_files:  # left by runs that timed out or were cancelled
+            await self._remove_temp_files()
+            failed = await self._prepare(timeout)
+        return failed
+
     # -- commands ---------------------------------------------------------
 
     async def run(
@@ -362,10 +350,7 @@ class DeviceSession(TunnelLink):
             )
 
         async with self._lock:
-            failed = await self._prepare(timeout)
-            if failed is None and self._temp_files:  # left by verified runs that timed out or were cancelled
-                await self._remove_temp_files()
-                failed = await self._prepare(timeout)
+            failed = await self._ready(timeout)
             if failed is not None:
                 return result(failed[0], error=failed[1])
             chunks: list[str] = []
@@ -449,10 +434,7 @@ class DeviceSession(TunnelLink):
         """``work(self._execute)`` on a logged-in, answering shell, under the command lock; always a result."""
         started_at, t0 = self._clock.now(), self._clock.monotonic()
         async with self._lock:
-            failed = await self._prepare(timeout)
-            if failed is None and self._temp_files:  # left by verified runs or puts that timed out
-                await self._remove_temp_files()
-                failed = await self._prepare(timeout)
+            failed = await self._ready(timeout)
             try:
                 outcome = Outcome(*failed) if failed is not None else await guarded(work, self._execute, timeout)
             finally:
@@ -535,7 +517,7 @@ class DeviceSession(TunnelLink):
         cannot be had within ``timeout``: not logged in, offline, a terminal already there.
         """
         terminal = Terminal(self, on_output, on_note, rows=rows, cols=cols, timeout=timeout)
-        await terminal._start()
+        await terminal._enter()
         return terminal
 
     def _mirror(self, state: SessionState) -> None:
@@ -544,31 +526,6 @@ class DeviceSession(TunnelLink):
         if terminal is not None and state is not SessionState.ATTACHED:
             self._terminal = None
             terminal._left(state)
-
-    async def _enter_terminal(self, terminal: Terminal, timeout: float) -> None:
-        """READY → ATTACHED for ``terminal``: the shell gets echo, a prompt, a ``TERM`` and its size."""
-        async with self._lock:
-            if self._terminal is not None or self.state is SessionState.ATTACHED:
-                raise TerminalError(f"a terminal is already attached to {self.device_id}", ResultStatus.SKIPPED)
-            failed = await self._prepare(timeout)
-            if failed is not None:
-                raise TerminalError(failed[1], failed[0])
-            self._process(Event.ATTACH)
-            self._terminal = terminal
-            try:
-                await self._send_text(interactive_script(terminal.rows, terminal.cols, terminal.term))
-            except TunnelnbError as exc:
-                raise TerminalError(f"{self.device_id}: {exc}") from None
-
-    async def _leave_terminal(self, terminal: Terminal, timeout: float) -> None:
-        """ATTACHED → RESYNC → READY: framing back on, a full-screen program left or a new shell (best effort)."""
-        if self._terminal is terminal:
-            self._terminal = None
-        async with self._lock:
-            self._process_if(SessionState.ATTACHED, Event.DETACH)
-            if self.state is SessionState.RESYNC:
-                with contextlib.suppress(TimeoutError, TunnelnbError):
-                    await self._resync(timeout)  # else the next run re-syncs
 
     # -- raw terminal access ----------------------------------------------
 

@@ -32,8 +32,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import TerminalError, TunnelnbError
-from ..protocol.shell import PTY_COLS, PTY_ROWS
-from .state import SessionState
+from ..protocol.shell import PTY_COLS, PTY_ROWS, interactive_script
+from .result import ResultStatus
+from .state import Event, SessionState
 
 if TYPE_CHECKING:
     from .session import DeviceSession
@@ -48,6 +49,9 @@ DETACH_TIMEOUT_S = 10.0
 
 class Terminal:
     """A device's shell as an interactive terminal; made by :meth:`DeviceSession.attach`.
+
+    It drives its session's shell side directly (lock, state, typed text): the two
+    are one unit, split in two modules only for size.
 
     ``await terminal.send(keys)`` types, ``await terminal.detach()`` gives the
     shell back, ``await terminal.wait_closed()`` waits for the end, whoever ends it;
@@ -105,7 +109,7 @@ class Terminal:
                 await self._recovery
         if not self.closed:
             self._end("detached")
-            await self.session._leave_terminal(self, timeout)
+            await self._leave(timeout)
 
     async def wait_closed(self) -> str:
         """Wait until the terminal ends (detached, the shell ended, the link gone); why it ended."""
@@ -114,8 +118,32 @@ class Terminal:
 
     # -- the session's side --------------------------------------------------
 
-    async def _start(self) -> None:
-        await self.session._enter_terminal(self, self.timeout)
+    async def _enter(self) -> None:
+        """READY → ATTACHED: the shell gets echo, a prompt, a ``TERM`` and this terminal's size."""
+        session = self.session
+        async with session._lock:
+            if session._terminal is not None or session.state is SessionState.ATTACHED:
+                raise TerminalError(f"a terminal is already attached to {self.device_id}", ResultStatus.SKIPPED)
+            failed = await session._prepare(self.timeout)
+            if failed is not None:
+                raise TerminalError(failed[1], failed[0])
+            session._process(Event.ATTACH)
+            session._terminal = self
+            try:
+                await session._send_text(interactive_script(self.rows, self.cols, self.term))
+            except TunnelnbError as exc:
+                raise TerminalError(f"{self.device_id}: {exc}") from None
+
+    async def _leave(self, timeout: float) -> None:
+        """ATTACHED → RESYNC → READY: framing back on, a full-screen program left or a new shell (best effort)."""
+        session = self.session
+        if session._terminal is self:
+            session._terminal = None
+        async with session._lock:
+            session._process_if(SessionState.ATTACHED, Event.DETACH)
+            if session.state is SessionState.RESYNC:
+                with contextlib.suppress(TimeoutError, TunnelnbError):
+                    await session._resync(timeout)  # else the next run re-syncs
 
     def _received(self, data: str) -> None:
         """Terminal output from the device: raw bytes (the frames' lone surrogates are the device's bytes)."""
@@ -138,7 +166,7 @@ class Terminal:
 
     async def _recover(self) -> None:
         try:
-            await self.session._enter_terminal(self, self.timeout)
+            await self._enter()
         except (TunnelnbError, TimeoutError) as exc:
             self._recovery = None
             self._end(f"could not reconnect within {self.timeout:g} s: {exc}")

@@ -84,6 +84,11 @@ class SessionPool:
             raise
         return session
 
+    async def wake(self) -> None:
+        """A session stopped holding its place (a terminal detached): whoever waits for a slot looks again."""
+        async with self._changed:
+            self._changed.notify_all()
+
     async def release(self, device_id: str) -> None:
         async with self._changed:
             self._busy.discard(device_id)

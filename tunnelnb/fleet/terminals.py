@@ -11,6 +11,7 @@ until the terminal detaches (:mod:`tunnelnb.client.terminal`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..client.result import CommandResult, ResultStatus
 from ..client.session import DeviceSession
 from ..client.terminal import Terminal
-from ..errors import TerminalError
+from ..errors import TargetError, TerminalError
 from ..protocol.shell import PTY_COLS, PTY_ROWS
 from .devicerun import RECORDED
 from .results import Results
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from .fleet import Fleet
 
 __all__ = ["SHELL_LABEL", "open_terminal"]
+
+#: Tasks waiting for a terminal to end (held here so they are not collected).
+_WATCHERS: set[asyncio.Task[None]] = set()
 
 #: The ``command`` of a terminal's row in the history.
 SHELL_LABEL = "shell"
@@ -47,9 +51,12 @@ async def open_terminal(
     ``on_output(data)`` gets the device's terminal output as bytes; ``on_note(text)``
     one line when the link is lost, comes back or the terminal ends.
     """
-    ids = fleet.select([device_id]) if device_id else []
+    try:
+        ids = fleet.select([device_id]) if device_id else []
+    except TargetError as exc:
+        raise TerminalError(str(exc), "error") from None
     if len(ids) != 1:
-        raise TerminalError(f"{device_id!r} is not one device of this fleet: fleet.devices() lists them", "error")
+        raise TerminalError(f"{device_id!r} is not one device: a terminal goes to one device id", "error")
     attached: list[Terminal] = []
 
     async def attach(session: DeviceSession) -> CommandResult:
@@ -70,6 +77,16 @@ async def open_terminal(
     finally:
         RECORDED.reset(token)
     if attached:
-        return attached[0]
+        terminal = attached[0]
+        task = asyncio.ensure_future(_free_slot_when_done(fleet, terminal))
+        _WATCHERS.add(task)
+        task.add_done_callback(_WATCHERS.discard)
+        return terminal
     row = results[ids[0]]
     raise TerminalError(f"no terminal to {device_id}: {row.status}: {row.error or 'no reason given'}", row.status)
+
+
+async def _free_slot_when_done(fleet: Fleet, terminal: Terminal) -> None:
+    """An attached session keeps its pool slot; once the terminal ends, a run waiting for a slot may take it."""
+    await terminal.wait_closed()
+    await fleet._pool.wake()
