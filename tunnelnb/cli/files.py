@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import FleetSizeWarning, TunnelnbError
+from . import connecting
 
 if TYPE_CHECKING:
     from ..fleet.transfers import TransferResults
@@ -32,40 +32,6 @@ TRANSFER_HEADER = ("DEVICE", "STATUS", "BYTES", "DURATION", "SHA256", "PATH", "E
 _STATUS_COLUMN = TRANSFER_HEADER.index("STATUS")
 
 
-def _where(args: argparse.Namespace) -> dict[str, Any]:
-    """What :func:`tunnelnb.connect` needs, from ``tunnelnb run``'s connection options."""
-    if args.huaweicloud:
-        if not (args.region or args.endpoint):
-            raise TunnelnbError("--huaweicloud needs --region R (or --endpoint URL of your instance)")
-        return {
-            "huaweicloud": args.region or True,
-            "endpoint": args.endpoint,
-            "instance_id": args.instance_id,
-            "project_id": None if args.project_id == "demo" else args.project_id,
-        }
-    if not args.platform:
-        raise TunnelnbError("no platform URL: pass --platform URL or set $TUNNELNB_URL")
-    api_token = args.api_token or os.environ.get("TUNNELNB_API_TOKEN")
-    if not api_token:
-        raise TunnelnbError("no API token: set $TUNNELNB_API_TOKEN (or pass --api-token)")
-    return {
-        "url": args.platform,
-        "project_id": args.project_id,
-        "api_token": api_token,
-        "ca_bundle": args.ca_bundle,
-        "insecure": args.insecure,
-    }
-
-
-def _password(args: argparse.Namespace) -> str:
-    password = os.environ.get(args.password_env)
-    if password:
-        return password
-    if sys.stdin.isatty():
-        return getpass.getpass(f"password for {args.user}: ")
-    raise TunnelnbError(f"no login password: set ${args.password_env} (or run in a terminal to be asked)")
-
-
 def transfer_command(args: argparse.Namespace) -> int:
     """``tunnelnb get`` / ``put``: 0 when every device's file went through, 1 otherwise, 130 when interrupted."""
     from ..connection import connect
@@ -74,10 +40,10 @@ def transfer_command(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0 or args.concurrency < 1:
         raise TunnelnbError("--timeout must be positive and --concurrency at least 1")
-    where = _where(args)
+    where = connecting.where(args)
     if args.command == "put" and not os.path.isfile(args.paths[0]):
         raise TunnelnbError(f"{args.paths[0]}: no such local file")
-    password = _password(args)
+    password = connecting.login_password(args)
     outcome: dict[str, TransferResults] = {}
     started = time.perf_counter()
 

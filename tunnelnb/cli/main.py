@@ -282,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_log_level(p, default="warning")
 
     _add_file_parsers(sub)
+    _add_shell_parsers(sub)
 
     p = sub.add_parser(
         "demo",
@@ -337,6 +338,50 @@ def _add_file_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         _add_log_level(p)
 
 
+def _add_shell_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tunnelnb shell`` and ``tunnelnb play`` (:mod:`.shell`): the connection options are ``run``'s."""
+    from .shell import escape_char
+
+    p = sub.add_parser(
+        "shell",
+        help="an interactive shell on one device in this terminal, like ssh (~. after Enter detaches)",
+        usage="tunnelnb shell --platform URL [options] [--record FILE.cast] DEVICE",
+        description="Attach this terminal to a device's shell through its tunnel: every key goes to the device "
+        "(Ctrl-C too); after Enter, ~. detaches, ~~ types ~ and ~? lists the escapes. The device's terminal gets "
+        "this terminal's size at the start and keeps it. Exit status: 0 after a detach or when the shell "
+        "exited, 1 when no terminal could be opened or the connection could not be restored.",
+    )
+    _add_connection(p)
+    p.add_argument(
+        "--record",
+        metavar="FILE.cast",
+        help="write what the terminal shows to FILE.cast (asciicast v2: tunnelnb play, asciinema play), "
+        "with passwords and tokens masked and nothing typed",
+    )
+    p.add_argument(
+        "--escape-char",
+        type=escape_char,
+        default="~",
+        metavar="C|none",
+        help="the escape character (default ~), or none for no escapes",
+    )
+    _add_cloud(p)
+    _add_tls_client(p)
+    p.add_argument("device", metavar="DEVICE", help="one device id")
+    _add_log_level(p, default="error")  # log lines would land in the middle of the device's screen
+
+    p = sub.add_parser(
+        "play",
+        help="replay a terminal recording (tunnelnb shell --record, asciicast v2) in this terminal",
+        description="Write the recording's output to this terminal with its timing.",
+    )
+    p.add_argument("file", metavar="FILE.cast", help="an asciicast v2 recording")
+    p.add_argument("--speed", type=float, default=1.0, help="play X times as fast (default 1; 0: no waiting)")
+    p.add_argument(
+        "--idle-limit", type=float, default=None, metavar="S", help="cut every pause longer than S seconds to S"
+    )
+
+
 def _configure_logging(level: str, *, access_log: bool = False) -> None:
     """Log ``level`` and above on stderr; aiohttp's access log only with ``access_log``, asyncssh's chatter at debug.
 
@@ -388,6 +433,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _configure_logging(args.log_level)
             return transfer_command(args)
+        if args.command == "shell":
+            from .shell import shell_command
+
+            _configure_logging(args.log_level)
+            return shell_command(args)
+        if args.command == "play":
+            from .shell import play_command
+
+            return play_command(args)
         if args.command == "sim":
             return _sim(args)
         if args.command == "platform":

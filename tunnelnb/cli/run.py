@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import os
 import re
 import sys
@@ -17,10 +16,11 @@ import time
 import warnings
 from typing import TextIO
 
-from ..errors import FleetSizeWarning, TunnelnbError
+from ..errors import FleetSizeWarning
 from ..fleet.progress import TextProgress
 from ..fleet.results import Results
 from ..fleet.tables import escape_controls, output_text, text_table
+from . import connecting
 
 __all__ = ["RESULT_HEADER", "format_table", "run_command", "short_stdout", "use_colour"]
 
@@ -92,48 +92,17 @@ def use_colour(stream: TextIO) -> bool:
         return False
 
 
-def _password(args: argparse.Namespace) -> str:
-    password = os.environ.get(args.password_env)
-    if password:
-        return password
-    if sys.stdin.isatty():
-        return getpass.getpass(f"password for {args.user}: ")
-    raise TunnelnbError(f"no login password: set ${args.password_env} (or run in a terminal to be asked)")
-
-
 def run_command(args: argparse.Namespace, command: str) -> int:
     """Run ``command`` on ``args.targets``; the exit status says whether every device succeeded."""
     from ..connection import connect
 
-    if args.huaweicloud:
-        if not (args.region or args.endpoint):
-            raise TunnelnbError("--huaweicloud needs --region R (or --endpoint URL of your instance)")
-        where: dict[str, object] = {
-            "huaweicloud": args.region or True,
-            "endpoint": args.endpoint,
-            "instance_id": args.instance_id,
-            # "demo" is the local platform's default project, never a cloud one: let the SDK's variable decide.
-            "project_id": None if args.project_id == "demo" else args.project_id,
-        }
-    else:
-        if not args.platform:
-            raise TunnelnbError("no platform URL: pass --platform URL or set $TUNNELNB_URL")
-        api_token = args.api_token or os.environ.get("TUNNELNB_API_TOKEN")
-        if not api_token:
-            raise TunnelnbError("no API token: set $TUNNELNB_API_TOKEN (or pass --api-token)")
-        where = {
-            "url": args.platform,
-            "project_id": args.project_id,
-            "api_token": api_token,
-            "ca_bundle": args.ca_bundle,
-            "insecure": args.insecure,
-        }
-    password = _password(args)
+    where = connecting.where(args)
+    password = connecting.login_password(args)
     outcome: dict[str, Results] = {}
     started = time.perf_counter()
 
     async def main() -> None:
-        fleet = await connect(**where)  # type: ignore[arg-type]
+        fleet = await connect(**where)
         try:
             ids = fleet.select(args.targets)
             fleet.set_login(ids, args.user, password)
