@@ -43,8 +43,8 @@ def shell_command(args: argparse.Namespace) -> int:
     from ..connection import connect
     from ..fleet.runner import ThreadLoopRunner
     from ..fleet.terminals import open_terminal
-    from .connecting import login_password, where
     from ..localterm import DETACHED, run_local_terminal
+    from .connecting import login_password, where
 
     if not os.isatty(sys.stdin.fileno()):
         raise TunnelnbError("tunnelnb shell needs a terminal; use tunnelnb run for commands")
