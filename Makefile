@@ -7,17 +7,32 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# The terminal widget's front end (make js) and what it is built from.
+JS_BUNDLE  := tunnelnb/notebook/widgets/static/terminal.js
+JS_SOURCES := $(wildcard js/src/*) js/build.mjs js/package.json $(wildcard js/package-lock.json)
 
-.PHONY: test demo lint bench notebooks clean
+.PHONY: test demo lint bench notebooks clean js
 
 # The notebooks are tests too: nbval runs each one and compares its outputs with the saved ones.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-$(STAMP): pyproject.toml
+# The terminal widget's front end (xterm.js, from npm) is built before the install (order-only: a rebuilt
+# bundle needs no reinstall), so `make test` and `make demo` have it and a wheel includes it.
+$(STAMP): pyproject.toml | $(JS_BUNDLE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The terminal widget's front end: js/ (package.json, its lockfile, src/, build.mjs) bundled by esbuild into
+# tunnelnb/notebook/widgets/static/ (not committed), again whenever a source or the lockfile is newer.
+js: $(JS_BUNDLE)
+
+$(JS_BUNDLE): $(JS_SOURCES)
+	@command -v npm >/dev/null || { echo "make js: npm is missing: install Node.js 18+ and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	cd js && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+	cd js && npm run build
+	touch $(JS_BUNDLE)
 
 # Style (ruff), the layering contracts of pyproject.toml (import-linter), types (mypy; strict on
 # tunnelnb.protocol and tunnelnb.client).

@@ -12,11 +12,9 @@ from IPython.utils.text import DollarFormatter
 
 from tests.conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
 from tunnelnb.client.api import PlatformAPI
-from tunnelnb.errors import UnknownTargets
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.fleet.results import STATUS_COLOURS as _STATUS_COLOURS
 from tunnelnb.fleet.runner import ThreadLoopRunner
-from tunnelnb.notebook.ansi import PALETTE
 from tunnelnb.notebook.widgets import ANY_TAG, DevicePicker, FleetDashboard, Targets, Terminal
 from tunnelnb.server.agent import Agent
 from tunnelnb.server.sshserver import ShellServer
@@ -193,194 +191,6 @@ async def test_dashboard_refreshes_periodically_and_close_stops_everything(fleet
     assert "device-03" in frozen and "ok" not in cells(frozen, "device-03")
 
 
-# -- Terminal ---------------------------------------------------------------------------------
-
-
-async def test_terminal_runs_a_command(fleet: Fleet):
-    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        term.input.value = "echo hi"
-        future = term.submit(term.input.value)
-        assert term.busy and term.input.value == ""
-        result = await done(future)
-        assert result.device_id == "device-01" and result.status == "ok" and result.stdout == "hi\n"
-        assert not term.busy
-        assert term.screen.text == "$ echo hi\nhi\n"
-        assert '<span style="font-weight:bold">$ echo hi</span>\nhi\n' in term.output.value
-        assert term.status_label.value.startswith("device-01: exit 0")
-        assert term.history == ["echo hi"]
-    finally:
-        term.close()
-
-
-async def test_terminal_keeps_colours_and_strips_escapes_from_the_text(fleet: Fleet):
-    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        result = await done(term.submit(r"printf '\033[32mgreen\033[0m\n'"))
-        assert result.status == "ok" and result.stdout == "green\n"  # the row's stdout is clean
-        assert f'<span style="color:{PALETTE[2]}">green</span>' in term.output.value
-        assert term.screen.text.endswith("\ngreen\n")
-        assert "\x1b" not in term.screen.text and "\x1b" not in term.output.value
-    finally:
-        term.close()
-
-
-async def test_terminal_escapes_device_output(fleet: Fleet):
-    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        await done(term.submit("echo '<script>alert(1)</script>'"))
-        assert "<script>" not in term.output.value
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in term.output.value
-    finally:
-        term.close()
-
-
-async def test_terminal_notes_a_failure(fleet: Fleet):
-    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        result = await done(term.submit("printf oops; (exit 3)"))
-        assert result.status == "error" and result.exit_code == 3
-        assert term.screen.text.endswith("\noops\n[exit 3]\n")  # the note starts on a line of its own
-        assert '<span style="opacity:0.6">[exit 3]</span>' in term.output.value
-        assert "exit 3" in term.status_label.value
-        result = await done(term.submit("echo fine"))
-        assert result.ok
-        assert term.screen.text.endswith("[exit 3]\n$ echo fine\nfine\n")
-    finally:
-        term.close()
-
-
-async def test_terminal_notes_a_timeout(fleet: Fleet):
-    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        await done(term.submit("true"))  # logged in first: the 1 s below are the command's alone
-        term.timeout = 1
-        result = await done(term.submit("echo started; sleep 20"))
-        assert result.status == "timeout"
-        assert re.search(r"\nstarted\n\[timeout: no end of output within 1 s", term.screen.text)
-        assert "timeout" in term.status_label.value
-    finally:
-        term.close()
-
-
-async def test_ctrl_c_ends_a_running_command_and_the_next_one_works(fleet: Fleet):
-    loop = asyncio.get_running_loop()
-    term = Terminal(fleet, "device-01", loop=loop, timeout=10)
-    try:
-        await done(term.submit("true"))  # logged in, so Ctrl-C below hits the running sleep
-        future = term.submit("sleep 30")
-        await wait_until(lambda: running_of(fleet, "device-01") == "sleep 30", 10, "sleep to start")
-        await asyncio.sleep(1.0)  # typed and running in the device's shell
-        started = loop.time()
-        term.interrupt()
-        result = await done(future, 10)
-        assert loop.time() - started < 5
-        assert result.status == "cancelled"
-        assert not term.busy
-        assert term.screen.text == "$ true\n$ sleep 30\n[cancelled: interrupted (Ctrl-C)]\n"
-        assert fleet.last_results is not None and fleet.last_results["device-01"].status == "cancelled"
-        # The shell is free again: a sleep still running would make this time out.
-        result = await done(term.submit("echo after"))
-        assert result.status == "ok" and result.stdout == "after\n"
-    finally:
-        term.close()
-
-
-async def test_ctrl_c_button_with_nothing_running_types_ctrl_c(fleet: Fleet):
-    term = Terminal(fleet, "device-01", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        await done(term.submit("echo warm"))
-        session = fleet.session("device-01")
-        assert session is not None
-        sent: list[str] = []
-        real = session.send_keys
-
-        async def spy(text: str) -> None:
-            sent.append(text)
-            await real(text)
-
-        session.send_keys = spy
-        term.interrupt_button.click()
-        await wait_until(lambda: "sent Ctrl-C" in term.status_label.value, 5, "Ctrl-C to be sent")
-        assert sent == ["\x03"]
-        result = await done(term.submit("echo still here"))
-        assert result.status == "ok" and result.stdout == "still here\n"
-    finally:
-        term.close()
-
-
-async def test_ctrl_c_without_a_session_says_so(fleet: Fleet):
-    term = Terminal(fleet, "device-04", loop=asyncio.get_running_loop())
-    try:
-        term.interrupt()
-        assert "no open session" in term.status_label.value
-    finally:
-        term.close()
-
-
-async def test_history_is_most_recent_first_without_duplicates(fleet: Fleet):
-    term = Terminal(fleet, "device-02", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        for line in ("echo one", "echo two", "echo one", "  echo three  "):
-            await done(term.submit(line))
-        assert term.history == ["echo three", "echo one", "echo two"]
-        assert term.input.options == ("echo three", "echo one", "echo two")
-        assert term.input.ensure_option is False
-        assert term.submit("   ") is None
-        assert term.history == ["echo three", "echo one", "echo two"]
-    finally:
-        term.close()
-
-
-async def test_a_second_command_while_one_runs_is_refused(fleet: Fleet):
-    term = Terminal(fleet, "device-02", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        future = term.submit("sleep 1; echo slow")
-        assert term.submit("echo fast") is None
-        assert "busy" in term.status_label.value and "sleep 1; echo slow" in term.status_label.value
-        result = await done(future)
-        assert result.stdout == "slow\n"
-        assert term.history == ["sleep 1; echo slow"]
-        assert "fast" not in term.screen.text
-        assert (await done(term.submit("echo fast"))).stdout == "fast\n"
-    finally:
-        term.close()
-
-
-async def test_enter_and_the_run_button_submit_and_clear_empties_the_screen(fleet: Fleet):
-    term = Terminal(fleet, "device-02", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        term.input.value = "echo by enter"
-        term.input._handle_string_msg(None, {"event": "submit"}, None)  # what the browser sends on Enter
-        assert term.busy and term.input.value == ""
-        await wait_until(lambda: not term.busy, 15, "the command")
-        assert "by enter\n" in term.screen.text
-
-        term.input.value = "echo by button"
-        term.run_button.click()
-        await wait_until(lambda: not term.busy, 15, "the command")
-        assert "by button\n" in term.screen.text
-        assert term.history == ["echo by button", "echo by enter"]
-
-        term.clear_button.click()
-        assert term.screen.text == ""
-        assert "by button" not in term.output.value
-    finally:
-        term.close()
-
-
-async def test_an_unknown_device_is_an_error_on_screen(fleet: Fleet):
-    term = Terminal(fleet, "device-99", loop=asyncio.get_running_loop(), timeout=10)
-    try:
-        future = term.submit("true")
-        with pytest.raises(UnknownTargets):
-            await done(future)
-        assert not term.busy
-        assert "[error: no device matches 'device-99'" in term.screen.text
-    finally:
-        term.close()
-
-
 async def test_widgets_on_a_loop_in_another_thread(platform, fleet: Fleet):
     """The fleet's loop runs in a thread (terminal IPython, scripts): the same widgets work."""
     runner = ThreadLoopRunner()
@@ -392,38 +202,38 @@ async def test_widgets_on_a_loop_in_another_thread(platform, fleet: Fleet):
         return threaded
 
     threaded = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(connect(), runner.loop))
+
+    def on_loop(coro):
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, runner.loop))
+
     dash = FleetDashboard(threaded, loop=runner.loop, refresh_s=30)
-    term = Terminal(threaded, "device-03", loop=runner.loop, timeout=10)
     try:
-        result = await done(term.submit(r"printf '\033[31mred\033[0m\n'"))
-        assert result.status == "ok" and result.stdout == "red\n"
-        assert f'<span style="color:{PALETTE[1]}">red</span>' in term.output.value
+        result = (await on_loop(threaded.run("echo red", "device-03", timeout=10)))["device-03"]
+        assert (result.status, result.stdout) == ("ok", "red\n")
         await wait_until(lambda: "data-device" in dash.html.value and "ok" in cells(dash.html.value, "device-03"))
 
-        future = term.submit("sleep 30")
+        sleeping = asyncio.run_coroutine_threadsafe(threaded.run("sleep 30", "device-03", timeout=60), runner.loop)
         await wait_until(lambda: "1 running" in dash.html.value, 10, "the dashboard to show sleep")
         assert "<code>sleep 30</code>" in cells(dash.html.value, "device-03")[4]
-        await asyncio.sleep(1.0)
-        term.interrupt()
-        assert (await done(future, 10)).status == "cancelled"
+        runner.loop.call_soon_threadsafe(sleeping.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wrap_future(sleeping)
+        assert list(threaded.history.status) == ["ok", "cancelled"]  # Ctrl-C on the device, rows kept
     finally:
         dash.close()
-        term.close()
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(threaded.close(), runner.loop))
+        await on_loop(threaded.close())
         runner.close()
 
 
 async def test_widgets_made_on_the_fleets_loop_find_it_themselves(fleet: Fleet):
     """Issue 15: ``FleetDashboard(fleet)`` in a notebook cell, no ``loop=``: the running loop is the fleet's."""
     dash = FleetDashboard(fleet, refresh_s=30)
-    term = Terminal(fleet, "device-01", timeout=10)
     try:
-        assert dash.loop is asyncio.get_running_loop() and term.loop is dash.loop
-        assert (await done(term.submit("echo found"))).stdout == "found\n"
+        assert dash.loop is asyncio.get_running_loop()
+        assert (await fleet.run("echo found", "device-01", timeout=10))["device-01"].stdout == "found\n"
         await wait_until(lambda: "ok" in cells(dash.html.value, "device-01"), 5, "the dashboard to show the run")
     finally:
         dash.close()
-        term.close()
 
 
 def test_a_widget_that_cannot_be_made_says_why_and_leaves_no_del_error(monkeypatch):

@@ -19,6 +19,6 @@ from __future__ import annotations
 
 from .dashboard import FleetDashboard
 from .picker import ANY_TAG, DevicePicker, Targets
-from .terminal import Terminal
+from .terminal import Terminal, TerminalReplay
 
-__all__ = ["ANY_TAG", "DevicePicker", "FleetDashboard", "Targets", "Terminal"]
+__all__ = ["ANY_TAG", "DevicePicker", "FleetDashboard", "Targets", "Terminal", "TerminalReplay"]

@@ -1,67 +1,155 @@
-"""The device terminal (``%tunnel shell DEVICE``): type a command, see its output live, in colour.
+"""The device terminal (``%tunnel shell DEVICE``): xterm.js in the notebook, raw keys in, raw output out.
 
-Commands run through :meth:`Fleet.run` on the device's persistent session; the
-output is interpreted by :class:`~tunnelnb.notebook.ansi.TerminalScreen`, which
-renders it as escaped HTML.
+:class:`Terminal` attaches an interactive terminal to one device
+(:func:`~tunnelnb.fleet.terminals.open_terminal`): every key typed in xterm.js
+goes to the device's PTY as it is, everything the device prints goes back to
+xterm.js as bytes, so ``vi``, ``top``, ``less``, Ctrl-C, arrows, tab completion,
+colours and UTF-8 work.  The PTY is 128x30 and the protocol has no resize
+message, so the screen is that size, always.  :class:`TerminalReplay` plays an
+asciicast v2 recording (``Terminal(..., record=PATH)`` makes one) in the same
+xterm.js.
+
+The front end is an ES module built from npm packages (``js/``, ``make js``)
+into ``static/``; it is not in the repository, and a checkout without it says
+to run ``make``.
+
+A busy kernel.  Output reaches the browser whenever the fleet's event loop
+runs: always for a fleet on a loop thread (``connect_sync``), and for a fleet
+on the kernel's own loop whenever no cell blocks that loop (between cells, or
+while a ``%%tunnel`` cell waits on the loop).  Keys are comm messages from the
+browser: ipykernel 6 reads them only between cells, ipykernel 7 also during a
+cell (on another thread, sometimes out of order: each page numbers its key
+messages and the kernel types them in that order), but they are typed on the
+fleet's loop, which a cell that blocks it (``time.sleep``, a long computation)
+holds up.  Either way keys typed then wait, in order, and reach the device when
+the cell ends.  So that nobody types into what looks like a dead terminal, the
+kernel acknowledges key messages by sequence number once their keys are typed
+into the device, and the front end's status line says "kernel busy: N keys
+waiting" while keys have waited more than half a second, until the acks come.
+
+Output travels as binary comm buffers, a burst coalesced into one message per
+:data:`FLUSH_S`, each with its offset in the output stream: a front end that
+missed some (it was still loading) asks for the rest (:data:`HISTORY_BYTES`
+are kept for that, and for views opened later).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import html
-import re
+import contextlib
+import logging
 import threading
-import time
-import warnings
-from datetime import UTC, datetime
-from typing import Any
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import ipywidgets as widgets
+import anywidget
+import traitlets
 
-from ...client.result import CommandResult, ResultStatus
-from ...client.session import DeviceSession
+from ...cassette.asciicast import CastWriter, read_cast
+from ...errors import TerminalError, TunnelnbError
 from ...fleet.fleet import Fleet
-from ..ansi import DEFAULT_BACKGROUND, TerminalScreen
-from .loop import Coalescer, call_on_loop, close_all, fleet_loop, shorten
+from ...fleet.terminals import open_terminal
+from ...protocol.shell import PTY_COLS, PTY_ROWS
+from .loop import call_on_loop, fleet_loop
 
-__all__ = ["HISTORY_SIZE", "TERMINAL_RENDER_S", "Terminal"]
+if TYPE_CHECKING:
+    from ...client.terminal import Terminal as DeviceTerminal
 
-#: Live terminal output is re-rendered at most this often.
-TERMINAL_RENDER_S = 0.1
-#: Commands kept in a terminal's history.
-HISTORY_SIZE = 200
+__all__ = ["FLUSH_S", "HISTORY_BYTES", "STATIC", "Terminal", "TerminalReplay"]
 
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+log = logging.getLogger(__name__)
 
+#: The built front end (``make js``): terminal.js and terminal.css.
+STATIC = Path(__file__).with_name("static")
+#: A burst of output becomes one message to the browser after this long.
+FLUSH_S = 0.01
+#: Output kept in the kernel for a front end that missed some or opened later.
+HISTORY_BYTES = 1024 * 1024
 
-def _printable(text: str) -> str:
-    """Control characters as ``^C`` or ``\\x9b``, so text from elsewhere cannot drive the screen."""
-
-    def show(m: re.Match[str]) -> str:
-        code = ord(m.group())
-        return f"^{chr(code ^ 0x40)}" if code < 0x20 or code == 0x7F else f"\\x{code:02x}"
-
-    return _CONTROL.sub(show, text)
+_bundle_cache: dict[str, str] = {}
 
 
-class Terminal(widgets.VBox):
-    """A terminal on one device: type a command, see its output live, in colour.
+class _KeyOrder:
+    """One page's key messages back in the order typed: ipykernel 7 may handle comm messages out of order."""
 
-    Each line runs with :meth:`Fleet.run` on the device's session (a persistent
-    shell: ``cd`` and variables carry over), one command at a time.  Ctrl-C
-    interrupts the running command (the fleet sends Ctrl-C to the device);
-    with nothing running, it is typed into the device's open session.  Not a
-    full-screen terminal: programs that wait for keyboard input (``vi``, ``top``
-    without ``-b``) get no input and end at the timeout.
+    #: Messages held for one that never comes (it cannot be lost on the way, but a page may be reloaded).
+    MAX_WAITING = 200
 
-    ``loop`` is the event loop the fleet's sessions run on; made in a notebook
-    cell, the terminal finds it by itself (see :func:`.loop.fleet_loop`).
+    def __init__(self) -> None:
+        self.next = 1  # the sequence number of the next key message to type
+        self.waiting: dict[int, str] = {}
+
+    def add(self, seq: int, data: str) -> list[str]:
+        """The keys that are now in order, oldest first."""
+        if seq >= self.next:
+            self.waiting[seq] = data
+        if len(self.waiting) > self.MAX_WAITING:
+            self.next = min(self.waiting)
+        typed = []
+        while self.next in self.waiting:
+            typed.append(self.waiting.pop(self.next))
+            self.next += 1
+        return typed
+
+
+def _bundle(name: str) -> str:
+    """A built front-end file's text; TunnelnbError saying to build it when it is missing."""
+    if name not in _bundle_cache:
+        path = STATIC / name
+        try:
+            _bundle_cache[name] = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TunnelnbError(
+                f"the terminal widget's front end {path} is not built: run `make` (or `make js`) in the tunnelnb "
+                "checkout, which needs Node.js and npm"
+            ) from None
+    return _bundle_cache[name]
+
+
+class _Xterm(anywidget.AnyWidget):
+    """xterm.js at a fixed size with a status line under it: what both widgets show."""
+
+    mode = traitlets.Unicode("live").tag(sync=True)
+    cols = traitlets.Int(PTY_COLS).tag(sync=True)
+    rows = traitlets.Int(PTY_ROWS).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+    status = traitlets.Unicode("").tag(sync=True)
+    phase = traitlets.Unicode("").tag(sync=True)
+    # This widget's id for the front end, which sees each view's model through a proxy of its own.
+    _instance = traitlets.Unicode().tag(sync=True)
+
+    @traitlets.default("_instance")
+    def _new_instance(self) -> str:
+        return uuid.uuid4().hex
+
+    # Read when the widget is made (anywidget turns them into traits), so that importing this
+    # module works without the bundle and making a widget says how to build it.
+    @property
+    def _esm(self) -> str:
+        return _bundle("terminal.js")
+
+    @property
+    def _css(self) -> str:
+        return _bundle("terminal.css")
+
+
+class Terminal(_Xterm):
+    """An interactive terminal on one device, in xterm.js: the device's own shell, full-screen programs included.
+
+    ``phase`` is ``connecting``, ``attached``, ``reconnecting``, ``detached`` or
+    ``ended``; ``status`` says it in words (the front end's status line).
+    :meth:`detach` (the Detach button) gives the shell back to ``%%tunnel`` cells.
+    ``record=PATH`` writes the session's output as an asciicast v2 file, the
+    fleet's passwords masked.  ``loop`` is the fleet's event loop; made in a
+    notebook cell, the terminal finds it itself (see :func:`.loop.fleet_loop`).
     """
 
-    # False until __init__ has finished: Widget.__del__ closes a half-made widget too, and
-    # then there is nothing of ours to stop.
-    _constructed = False
+    device_id = traitlets.Unicode("").tag(sync=True)
+
+    _constructed = False  # Widget.__del__ closes half-made widgets too
 
     def __init__(
         self,
@@ -69,231 +157,254 @@ class Terminal(widgets.VBox):
         device_id: str,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
-        timeout: float = 60.0,
-        height: str = "360px",
+        record: str | Path | None = None,
+        timeout: float = 30.0,
         **kwargs: Any,
     ) -> None:
         loop = fleet_loop(loop, fleet)
-        self.fleet = fleet
-        self.device_id = device_id
-        self.loop = loop
-        self.timeout = timeout
-        self.height = height
-        self.screen = TerminalScreen()
-        self.history: list[str] = []
-        self.output = widgets.HTML(value=self._screen_html(), layout=widgets.Layout(width="100%"))
-        self.input = widgets.Combobox(
-            options=(),
-            ensure_option=False,
-            placeholder=f"command for {device_id} (Enter runs it)",
-            layout=widgets.Layout(flex="1 1 auto", width="auto"),
+        super().__init__(
+            mode="live",
+            device_id=device_id,
+            title=f"{device_id} (tunnelnb)",
+            phase="connecting",
+            status=f"connecting to {device_id}…",
+            **kwargs,
         )
-        # on_submit is the only event for Enter alone; ipywidgets 8 deprecates it in favour of
-        # observing value with continuous_update=False, which would also run a half-typed
-        # command when the box loses focus.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.input.on_submit(lambda _: self.submit(self.input.value))
-        self.run_button = widgets.Button(description="Run", button_style="primary", tooltip="run the command")
-        self.interrupt_button = widgets.Button(
-            description="Ctrl-C", button_style="warning", tooltip="interrupt the running command"
-        )
-        self.clear_button = widgets.Button(description="Clear", tooltip="clear the screen")
-        self.run_button.on_click(lambda _: self.submit(self.input.value))
-        self.interrupt_button.on_click(lambda _: self.interrupt())
-        self.clear_button.on_click(lambda _: self.clear())
-        self.status_label = widgets.Label(value=f"{device_id}: ready")
-        controls = widgets.HBox([self.input, self.run_button, self.interrupt_button, self.clear_button])
-        super().__init__(children=[self.output, controls, self.status_label], **kwargs)
-        self._lock = threading.Lock()
-        self._command: str | None = None  # the command submitted and not finished yet
-        self._task: asyncio.Future[Any] | None = None  # its Fleet.run, on the loop
-        self._interrupt_requested = False
-        self._background: set[asyncio.Task[Any]] = set()
-        self._render_soon = Coalescer(loop, TERMINAL_RENDER_S, self._render)
+        self.fleet, self.loop, self.timeout = fleet, loop, timeout
+        self.terminal: DeviceTerminal | None = None
+        self._cast: CastWriter | None = None
+        if record is not None:
+            secrets = [value for value, _ in fleet.secret_values()]
+            self._cast = CastWriter(Path(record), width=self.cols, height=self.rows, title=self.title, secrets=secrets)
+        # On the fleet's loop from here on: the output stream, and keys on their way to the device.
+        self._pending = bytearray()  # output not sent yet
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._history = bytearray()  # the last HISTORY_BYTES sent
+        self._sent = 0  # bytes sent in all: the stream offset of the next chunk
+        self._keys: deque[tuple[str, int, str]] = deque()  # (page, seq of the last key, keys) to type
+        self._typist: asyncio.Task[None] | None = None
+        self._leave = False  # detach as soon as attached (Detach before the terminal was up, or close)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._orders: dict[str, _KeyOrder] = {}  # by page: each browser page numbers its key messages from 1
+        self._order_lock = threading.Lock()
+        self.on_msg(self._on_message)
         self._constructed = True
+        call_on_loop(loop, self._spawn, self._run())
 
-    @property
-    def busy(self) -> bool:
-        """Is a command submitted and not finished yet?"""
-        return self._command is not None
-
-    def submit(self, line: str) -> concurrent.futures.Future[CommandResult] | None:
-        """Run ``line`` on the device; the future gets its row once the command is over.
-
-        Returns None without running anything for a blank line, while another
-        command is still running (the status label says so), or when the fleet's
-        loop is gone.  Ctrl-C (:meth:`interrupt`) settles the future with a
-        ``cancelled`` row; cancelling the future itself only works before the
-        command has started.
-        """
-        command = line.strip()
-        if not command:
-            return None
-        with self._lock:
-            if self._command is not None:
-                self._set_status(f"busy: {shorten(self._command, 40)} is still running (Ctrl-C stops it)")
-                return None
-            self._command = command
-        self._remember(command)
-        self.input.value = ""
-        self._set_status(f"{self.device_id}: running {shorten(command, 60)}")
-        future: concurrent.futures.Future[CommandResult] = concurrent.futures.Future()
-        if not call_on_loop(self.loop, self._start, command, future):
-            self._finish()
-            self._set_status("the fleet's event loop is closed: connect again")
-            return None
-        return future
-
-    def interrupt(self) -> None:
-        """Ctrl-C: interrupt the running command, or type Ctrl-C into the device's open session."""
-        call_on_loop(self.loop, self._interrupt)
-
-    def clear(self) -> None:
-        """Clear the screen (history stays)."""
-        call_on_loop(self.loop, self._clear)
+    def detach(self) -> None:
+        """Give the shell back to ``%%tunnel`` cells (the Detach button); keys are ignored afterwards."""
+        call_on_loop(self.loop, self._spawn, self._detach())
 
     def close(self) -> None:
-        """Close the widget; a running command carries on until it ends or times out."""
-        if self._constructed:
-            self._render_soon.close()
-        close_all(self)
+        """Close the widget; an attached terminal detaches, so the device is free for runs again."""
+        if self._constructed and self.phase in ("connecting", "attached", "reconnecting"):
+            self.detach()
         super().close()
 
-    def _remember(self, command: str) -> None:
-        if command in self.history:
-            self.history.remove(command)
-        self.history.insert(0, command)
-        del self.history[HISTORY_SIZE:]
-        self.input.options = tuple(self.history)
+    # -- from the browser (a kernel thread) ---------------------------------------
 
-    def _set_status(self, text: str) -> None:
-        self.status_label.value = text
+    def _on_message(self, _widget: Any, content: dict[str, Any], _buffers: Sequence[bytes]) -> None:
+        kind = content.get("type")
+        if kind == "keys":  # from xterm.js's onData: numbered per page, from 1
+            page, seq, data = str(content.get("page", "")), int(content.get("seq", 0)), content.get("data")
+            # ipykernel 7 handles comm messages on more than one thread: the lock and the loop's FIFO
+            # (never a direct call, even on the loop's thread) keep the keys in the page's order.
+            with self._order_lock:
+                order = self._orders.setdefault(page, _KeyOrder())
+                typed = order.add(seq, data if isinstance(data, str) else "")
+                if typed:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to type into
+                        self.loop.call_soon_threadsafe(self._type, page, order.next - 1, "".join(typed))
+        elif kind == "sync":
+            call_on_loop(self.loop, self._resend, int(content.get("have", 0)))
+        elif kind == "detach":
+            self.detach()
 
-    def _finish(self) -> None:
-        self._task = None
-        self._interrupt_requested = False
-        with self._lock:
-            self._command = None
+    # -- on the fleet's loop ---------------------------------------------------
 
-    # On the fleet's loop from here on.
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _start(self, command: str, future: concurrent.futures.Future[CommandResult]) -> None:
-        task = self.loop.create_task(self._run(command, future), name=f"tunnelnb-terminal-{self.device_id}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _set(self, phase: str, status: str) -> None:
+        self.phase, self.status = phase, status
 
-    async def _run(self, command: str, future: concurrent.futures.Future[CommandResult]) -> None:
-        """Run the command and settle ``future``, after the terminal is ready for the next one."""
-        if not future.set_running_or_notify_cancel():
-            self._finish()
-            self._set_status(f"{self.device_id}: {shorten(command, 40)} was cancelled before it started")
-            return
+    async def _run(self) -> None:
+        """Attach, then wait for the terminal's end, whoever ends it."""
         try:
-            result = await self._execute(command)
-        except (Exception, asyncio.CancelledError) as exc:
-            self._finish()
-            self._render_soon.now()
-            future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        self._finish()
-        self._render_soon.now()
-        future.set_result(result)
-
-    async def _execute(self, command: str) -> CommandResult:
-        started_at = datetime.now(UTC)
-        t0 = time.perf_counter()
-        first, *more = command.split("\n")
-        self.screen.fresh_line()
-        echo = "\n".join([f"$ {_printable(first)}", *(f"> {_printable(line)}" for line in more)])
-        self.screen.feed(f"\x1b[0;1m{echo}\x1b[0m\n")
-        self._render_soon.now()
-        task = asyncio.ensure_future(
-            self.fleet.run(command, self.device_id, timeout=self.timeout, on_output=self._on_output)
-        )
-        self._task = task
-        if self._interrupt_requested:  # Ctrl-C came before the command started
-            task.cancel()
-        try:
-            results = await task
-            result = results[self.device_id]
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # this terminal's run itself is cancelled (the loop is shutting down)
-            result = CommandResult(
+            terminal = await open_terminal(
+                self.fleet,
                 self.device_id,
-                command,
-                ResultStatus.CANCELLED,
-                None,
-                "",
-                time.perf_counter() - t0,
-                started_at,
-                "interrupted (Ctrl-C)",
+                self._on_output,
+                on_note=self._on_note,
+                rows=self.rows,
+                cols=self.cols,
+                timeout=self.timeout,
             )
-        except Exception as exc:
-            self._note(f"[error: {exc}]")
-            self._set_status(f"{self.device_id}: {exc}")
-            raise
-        self._after(result)
-        return result
-
-    def _after(self, result: CommandResult) -> None:
-        if result.status == ResultStatus.OK and result.exit_code == 0:
-            self._set_status(f"{self.device_id}: exit 0 · {result.duration_s:.2f} s")
+        except TerminalError as exc:
+            self._ended(str(exc))
             return
-        if result.status == ResultStatus.ERROR and result.exit_code is not None:
-            note = f"exit {result.exit_code}"
+        self.terminal = terminal
+        if self._leave:
+            await self._detach()
+            return
+        self._set("attached", f"attached to {self.device_id} ({self.cols}x{self.rows})")
+        self._start_typing()
+        reason = await terminal.wait_closed()
+        if reason == "detached":
+            self._detached()
         else:
-            note = f"{result.status}: {result.error}" if result.error else result.status
-        self._note(f"[{note}]")
-        self._set_status(f"{self.device_id}: {shorten(note, 120)} · {result.duration_s:.2f} s")
+            self._ended(reason)
+
+    async def _detach(self) -> None:
+        terminal = self.terminal
+        if terminal is None:
+            self._leave = True  # still connecting: _run detaches once attached
+            return
+        if terminal.closed:
+            return
+        try:
+            await terminal.detach()
+        except TunnelnbError as exc:
+            self._ended(f"detach failed: {exc}")
+            return
+        self._detached()
+
+    def _detached(self) -> None:
+        if self.phase not in ("detached", "ended"):
+            self._note(f"detached from {self.device_id}: %%tunnel cells can use its shell again")
+            self._set("detached", f"detached: {self.device_id}'s shell is back to %%tunnel cells")
+        self._stop()
+
+    def _ended(self, reason: str) -> None:
+        if self.phase not in ("detached", "ended"):
+            self._set("ended", f"ended: {reason}")
+        self._stop()
+
+    def _stop(self) -> None:
+        self._drop_keys()
+        self._flush()
+        if self._cast is not None:
+            cast, self._cast = self._cast, None
+            cast.close()
+
+    def _on_note(self, text: str) -> None:
+        """The link's news, in the status line and in the terminal itself."""
+        self._note(text)
+        if self.terminal is not None and self.terminal.closed:
+            self._ended(self.terminal.end_reason)
+        elif "reconnecting" in text:
+            self._set("reconnecting", text)
+        elif text.startswith("reconnected"):
+            self._set("attached", text)
+        else:
+            self.status = text
 
     def _note(self, text: str) -> None:
-        """A dim line of our own after the command's output."""
-        self.screen.fresh_line()
-        self.screen.feed(f"\x1b[0;2m{_printable(text)}\x1b[0m\n")
+        self._queue(f"\r\n\x1b[0;2;3m[tunnelnb: {text}]\x1b[0m\r\n".encode())
 
-    def _on_output(self, device_id: str, text: str) -> None:
-        self.screen.feed(text)
-        self._render_soon.request()
+    def _on_output(self, data: bytes) -> None:
+        if self._cast is not None:
+            try:
+                self._cast.output(data)
+            except OSError as exc:  # a full disk stops the recording, not the terminal
+                self._cast = None
+                self.status = f"recording stopped: {exc}"
+        self._queue(data)
 
-    def _interrupt(self) -> None:
-        if self._command is not None:
-            self._interrupt_requested = True
-            if self._task is not None and not self._task.done():
-                self._task.cancel()
-            self._set_status(f"{self.device_id}: Ctrl-C, stopping {shorten(self._command, 40)}")
+    def _queue(self, data: bytes) -> None:
+        self._pending += data
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_later(FLUSH_S, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._pending:
             return
-        session = self.fleet.session(self.device_id)
-        if session is None or session.closed:
-            self._set_status(f"{self.device_id}: nothing running, and no open session to send Ctrl-C to")
-            return
-        task = self.loop.create_task(self._send_ctrl_c(session))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        chunk, at = bytes(self._pending), self._sent
+        self._pending.clear()
+        self._sent += len(chunk)
+        self._history += chunk
+        del self._history[: max(0, len(self._history) - HISTORY_BYTES)]
+        self._send_output(at, chunk, replay=False)
 
-    async def _send_ctrl_c(self, session: DeviceSession) -> None:
+    def _resend(self, have: int) -> None:
+        """The output after byte ``have`` again, for a front end that missed it (as much as is kept)."""
+        self._flush()
+        start = max(have, self._sent - len(self._history))
+        if start < self._sent:
+            self._send_output(start, bytes(self._history[start - self._sent :]), replay=True)
+
+    def _send_output(self, at: int, chunk: bytes, *, replay: bool) -> None:
         try:
-            await session.send_keys("\x03")
-        except Exception as exc:
-            self._set_status(f"{self.device_id}: Ctrl-C not sent: {exc}")
-        else:
-            self._set_status(f"{self.device_id}: sent Ctrl-C to the shell")
+            self.send({"type": "output", "at": at, "replay": replay}, [chunk])
+        except Exception:  # a closed comm: nobody is looking any more
+            log.debug("terminal %s: output not sent", self.device_id, exc_info=True)
 
-    def _clear(self) -> None:
-        self.screen.clear()
-        self._render_soon.now()
+    def _type(self, page: str, seq: int, data: str) -> None:
+        self._keys.append((page, seq, data))
+        if self.phase not in ("connecting", "attached"):
+            self._drop_keys()  # detached, ended or reconnecting: nothing to type into
+        elif self.terminal is not None:
+            self._start_typing()
 
-    def _render(self) -> None:
-        self.output.value = self._screen_html()
+    def _ack(self, page: str, seq: int) -> None:
+        """Every key of ``page`` up to ``seq`` is typed (or dropped): the front end stops counting them."""
+        with contextlib.suppress(Exception):  # a closed comm: nobody is waiting
+            self.send({"type": "ack", "page": page, "seq": seq})
 
-    def _screen_html(self) -> str:
-        # column-reverse keeps the scroll position at the bottom as output grows.
-        return (
-            f'<div class="tunnelnb-terminal-box" style="max-height:{html.escape(self.height)};overflow-y:auto;'
-            f'display:flex;flex-direction:column-reverse;background:{DEFAULT_BACKGROUND};border-radius:4px">'
-            f"{self.screen.to_html()}</div>"
+    def _drop_keys(self) -> None:
+        while self._keys:
+            page, seq, _ = self._keys.popleft()
+            self._ack(page, seq)
+
+    def _start_typing(self) -> None:
+        if self._keys and (self._typist is None or self._typist.done()):
+            self._typist = self.loop.create_task(self._typing())
+
+    async def _typing(self) -> None:
+        """The keys, one message after another, in the order typed."""
+        while self._keys and self.terminal is not None:
+            page, seq, keys = self._keys.popleft()
+            try:
+                await self.terminal.send(keys)
+            except TunnelnbError as exc:  # the terminal ended meanwhile: its note says why
+                log.debug("terminal %s: keys dropped: %s", self.device_id, exc)
+                self._drop_keys()
+            self._ack(page, seq)
+
+
+class TerminalReplay(_Xterm):
+    """An asciicast v2 recording (``Terminal(..., record=PATH)``, asciinema) played in xterm.js, with its timing.
+
+    The events go to the browser once; it plays them at ``speed``, pauses cut to
+    ``idle_time_limit`` seconds (the recording's own, else 2), and again on the
+    Replay button.  Only output (``"o"``) events are played.
+    """
+
+    events: traitlets.List[list[Any]] = traitlets.List().tag(sync=True)
+    speed = traitlets.Float(1.0).tag(sync=True)
+    idle_time_limit = traitlets.Float(0.0).tag(sync=True)
+
+    def __init__(
+        self, path: str | Path, *, speed: float = 1.0, idle_time_limit: float | None = None, **kwargs: Any
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        header, recorded = read_cast(path)  # CassetteError, with the line, if it is not a recording
+        events = [[at, text] for at, code, text in recorded if code == "o"]
+        limit = idle_time_limit if idle_time_limit is not None else float(header.get("idle_time_limit") or 0.0)
+        super().__init__(
+            mode="replay",
+            cols=int(header["width"]),
+            rows=int(header["height"]),
+            title=str(header.get("title") or Path(path).name),
+            events=events,
+            speed=speed,
+            idle_time_limit=limit,
+            phase="playing",
+            **kwargs,
         )
