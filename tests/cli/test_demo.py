@@ -360,3 +360,12 @@ def test_demo_jupyterlab_says_nothing_it_need_not(tmp_path: Path) -> None:
     output = demo.stdout + demo.stderr
     assert "not trusted" not in output, demo.describe()
     assert "without encryption" not in output, demo.describe()
+
+
+def test_any_free_lab_port_is_below_the_ephemeral_range() -> None:
+    """The SSH servers of the simulated fleet bind port 0 after the check: they never get JupyterLab's port."""
+    from tunnelnb.cli.demo import _ephemeral_low, lab_port
+
+    low = _ephemeral_low()
+    ports = {lab_port(0) for _ in range(5)}
+    assert all(max(1024, low - 8000) <= p < low for p in ports), (ports, low)

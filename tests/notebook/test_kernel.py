@@ -226,9 +226,22 @@ def test_a_small_notebook_under_nbclient(tmp_path):
 def test_shell_terminal_and_picker_in_the_kernel(kernel: Kernel):
     reply = kernel.ok("term = %tunnel shell device-02\nterm")
     assert reply.mime(WIDGET_MIME)
-    kernel.ok("import asyncio\nrow = await asyncio.wrap_future(term.submit('echo from-terminal'))")
-    assert kernel.value("row.status") == repr("ok")
-    assert "from-terminal" in kernel.value("term.screen.text")
+    wait_phase = (
+        "import asyncio\n"
+        "for _ in range(600):  # at most 30 s: the terminal opens on the kernel's loop\n"
+        "    if term.phase not in ('', 'connecting'):\n"
+        "        break\n"
+        "    await asyncio.sleep(0.05)"
+    )
+    kernel.ok(wait_phase)
+    assert kernel.value("term.phase") == repr("attached")
+    kernel.ok("held = %tunnel device-02 -- echo held")
+    assert kernel.value("held['device-02'].status") == repr("skipped")  # the terminal has the shell
+    kernel.ok("term.detach()")
+    kernel.ok(wait_phase.replace("('', 'connecting')", "('', 'connecting', 'attached')"))
+    assert kernel.value("term.phase") == repr("detached")
+    kernel.ok("after = %tunnel device-02 -- echo after")
+    assert kernel.value("(after['device-02'].status, after['device-02'].stdout)") == repr(("ok", "after\n"))
     kernel.ok("from tunnelnb.notebook.widgets import DevicePicker\npicker = DevicePicker(fleet)\npicker.select_all()")
     kernel.ok("picker.children")  # it renders
     reply = kernel.ok("%%tunnel $picker.value --no-stream -o picked\necho picked")

@@ -143,7 +143,7 @@ def test_config_sets_the_default_timeout(ip):
         ("%tunnel device-01 --", "no command after --"),
         ("%%tunnel device-01\n   \n", "the cell is empty"),
         ("%%tunnel\necho x", "no targets"),
-        ("%tunnel shell device-01", "needs a notebook"),
+        ("%tunnel shell device-01", "%tunnel shell needs a terminal or a notebook"),
         ("%tunnel login device-01 --password-env TUNNELNB_NOT_SET_ANYWHERE", "TUNNELNB_NOT_SET_ANYWHERE is not set"),
         ("%tunnel connect http://127.0.0.1:9 --embedded", "not both"),
         ("%tunnel history --bogus", "unrecognized arguments"),

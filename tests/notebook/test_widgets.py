@@ -218,7 +218,9 @@ async def test_widgets_on_a_loop_in_another_thread(platform, fleet: Fleet):
         runner.loop.call_soon_threadsafe(sleeping.cancel)
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wrap_future(sleeping)
-        assert list(threaded.history.status) == ["ok", "cancelled"]  # Ctrl-C on the device, rows kept
+        # Ctrl-C on the device, the rows kept (recorded once the run's task has finished on its loop).
+        await wait_until(lambda: len(threaded.history) == 2, 10, "the cancelled run's rows")
+        assert list(threaded.history.status) == ["ok", "cancelled"]
     finally:
         dash.close()
         await on_loop(threaded.close())

@@ -254,7 +254,21 @@ def demo_workspace(root: Path) -> Path:
 
 
 def lab_port(port: int) -> int:
-    """``port`` if it is free on 127.0.0.1 (any free one for 0): checked before anything starts."""
+    """``port`` if it is free on 127.0.0.1 (any free one for 0): checked before anything starts.
+
+    For 0 the port comes from below the kernel's ephemeral range: the simulated
+    fleet's SSH servers bind port 0 after this check, and a port taken from that
+    range could be handed to one of them before JupyterLab binds it.
+    """
+    if port == 0:
+        low = _ephemeral_low()
+        for candidate in secrets.SystemRandom().sample(range(max(1024, low - 8000), low), 50):
+            with contextlib.suppress(DemoError):
+                return _free(candidate)
+    return _free(port)
+
+
+def _free(port: int) -> int:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as JupyterLab binds: TIME_WAIT is no conflict
         try:
@@ -263,7 +277,15 @@ def lab_port(port: int) -> int:
             if exc.errno == errno.EADDRINUSE:
                 raise DemoError(f"port {port} is in use: pick another --port, or 0 for any free one") from None
             raise
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768, its default, elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def has_display() -> bool:
