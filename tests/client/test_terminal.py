@@ -117,10 +117,15 @@ async def test_a_full_screen_program_left_open_and_ctrl_c(session: DeviceSession
     terminal = await session.attach(screen.output)
     await screen.wait_for(PROMPT)
     mark = len(screen.data)
-    await terminal.send("sleep 30\r")
-    await screen.wait_for(r"sleep 30\r\n", mark)
+    # The program prints before it sleeps: a Ctrl-C sent earlier could reach the shell while it starts the
+    # program (before the program's process group has the terminal) and leave the sleep running.
+    await terminal.send("sh -c 'echo nap-$((6*7)); exec sleep 30'\r")
+    await screen.wait_for(r"\r\nnap-42\r\n", mark)
     await terminal.send("\x03")  # Ctrl-C goes to the program, not to tunnelnb
     await screen.wait_for(PROMPT, mark)
+    mark = len(screen.data)
+    await terminal.send("echo status $?\r")
+    await screen.wait_for(r"\r\nstatus 130\r\n", mark)
     mark = len(screen.data)
     await terminal.send(f"vi {tmp_path}/notes.txt\r")
     await screen.wait_for(r"\[New", mark)  # vi has drawn its screen (its status line says "[New]")
