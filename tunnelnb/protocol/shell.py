@@ -202,7 +202,7 @@ class TerminalText:
         self._pending = ""
         if not final:
             hold = 0
-            if self._strip:
+            if self._strip and "\x1b" in text:  # (a scan for ESC is far cheaper than the regex's)
                 m = _PARTIAL_ESCAPE.search(text)
                 if m:
                     hold = len(text) - m.start()
@@ -210,7 +210,8 @@ class TerminalText:
                 hold = 1
             if hold:
                 text, self._pending = text[:-hold], text[-hold:]
-        text = text.replace("\r\n", "\n")
+        if "\r" in text:  # str.replace scans slowly even when nothing matches
+            text = text.replace("\r\n", "\n")
         return strip_escapes(text) if self._strip else text
 
 
@@ -325,15 +326,23 @@ _END_TAIL = re.compile(rf"(\d{{1,{MAX_STATUS_DIGITS}}})__\n")
 _TOO_LONG = re.compile(rf"\d{{{MAX_STATUS_DIGITS + 1}}}")
 
 
+_GROWING_TAIL = re.compile(rf"\d{{0,{MAX_STATUS_DIGITS}}}(_(_)?)?")
+
+
 def _marker_tail(buf: str, prefix: str) -> int:
     """How many trailing chars of ``buf`` could still become the end marker."""
     pos = buf.rfind(prefix)
     if pos >= 0:
         tail = buf[pos + len(prefix) :]
         # prefix + digits + "__" awaiting its newline, or still growing
-        if re.fullmatch(rf"\d{{0,{MAX_STATUS_DIGITS}}}(_(_)?)?", tail):
+        if _GROWING_TAIL.fullmatch(tail):
             return len(buf) - pos
-    for n in range(min(len(prefix) - 1, len(buf)), 0, -1):
-        if prefix.startswith(buf[-n:]):
-            return n
+    # The longest end of ``buf`` (shorter than ``prefix``) that ``prefix`` begins with: it starts
+    # with prefix's first character, so only those places are tried (not every length).
+    first = prefix[0]
+    pos = buf.find(first, max(len(buf) - len(prefix) + 1, 0))
+    while pos >= 0:
+        if prefix.startswith(buf[pos:]):
+            return len(buf) - pos
+        pos = buf.find(first, pos + 1)
     return 0
