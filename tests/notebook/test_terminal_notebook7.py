@@ -1,0 +1,217 @@
+"""The xterm.js terminal widget in Jupyter Notebook 7 (not JupyterLab), driven in headless Chromium.
+
+The same widget as in :mod:`tests.notebook.test_terminal_browser`, in the other front end
+it claims to work in: ``jupyter notebook`` (Notebook 7, the JupyterLab components in a
+one-document page) serves a temporary notebook that connects an embedded fleet and shows
+``%tunnel shell device-01``.  Notebook 7 exposes its application as ``window.jupyterapp``
+when started with ``--JupyterNotebookApp.expose_app_in_browser=True``, so cells run
+through the notebook's own commands, as in the JupyterLab test.
+
+Steps: ``echo hi``; ``top`` and ``q``; Detach, and a ``%%tunnel`` cell on the same device
+is ok with its output.  Every wait is for something on the screen or in the page, with a
+bound.  The screenshot is test-output/terminal-notebook7.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.test_demo import family_of, isolated_env, still_running
+from tests.notebook.test_browser import CHROMIUM, KERNEL_IDLE, LAB_SETTINGS, MS, OUTPUT
+from tests.notebook.test_terminal_browser import (
+    CELL,
+    LAB_READY_S,
+    RUN,
+    TOP,
+    WAIT_MS,
+    at_prompt,
+    screen_has,
+    status,
+    type_line,
+)
+from tunnelnb.cli.demo import lab_answers, lab_port
+from tunnelnb.notebook.widgets.terminal import STATIC
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not (STATIC / "terminal.js").is_file(), reason="the front end is not built: run `make js`"),
+]
+
+SCREENSHOT = OUTPUT / "terminal-notebook7.png"
+NAME = "terminal.ipynb"
+# Thrown by Notebook 7's own shortcuts extension (notebook_core.js: its settings registry's pluginChanged handler
+# reads ``plugins[id].schema`` of a plugin it does not have) as the page loads, before any cell runs and
+# with no widget in the notebook: not the terminal's.
+NOTEBOOK_OWN_ERRORS = ("page error: Cannot read properties of undefined (reading 'schema')",)
+LEFT_S = 10.0  # for the kernel and its children to go once the server has gone
+JUPYTER = str(Path(sys.executable).parent / "jupyter")  # the venv's, with Notebook 7 (the `test` extra)
+
+
+def notebook() -> dict[str, Any]:
+    """Connect; the terminal; a %%tunnel cell on the same device."""
+    sources = [
+        "%load_ext tunnelnb",
+        "%tunnel connect --embedded --devices 2 --seed 1 -o fleet",
+        "%tunnel shell device-01",
+        "%%tunnel device-01\necho after",
+    ]
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": s, "outputs": [], "execution_count": None} for s in sources
+    ]
+    return {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def notebook_argv(root: Path, port: int) -> list[str]:
+    """Notebook 7 on loopback, its application object exposed to the page, nothing popping up over it."""
+    argv = [
+        JUPYTER, "notebook",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.log_level=WARN",
+        "--JupyterNotebookApp.expose_app_in_browser=True",
+    ]  # fmt: skip
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        argv.append("--ServerApp.allow_root=True")  # containers and CI run as root
+    return argv
+
+
+@contextlib.contextmanager
+def notebook7(tmp_path: Path, root: Path) -> Iterator[str]:
+    """Notebook 7 serving ``root`` with a temporary configuration; yields the notebook's URL."""
+    env = isolated_env(tmp_path, LAB_SETTINGS)  # Notebook 7 reads JupyterLab's settings: autosave off, no news
+    token = secrets.token_hex(16)
+    env["JUPYTER_TOKEN"] = token
+    port = lab_port(0)
+    log = tmp_path / "notebook.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            notebook_argv(root, port),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd=root,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    family: dict[int, int] = {}
+    try:
+        ready = lab_answers(base_url, token)
+        deadline = time.monotonic() + LAB_READY_S
+        while not ready():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Notebook 7 did not come up: {log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+        yield f"{base_url}/notebooks/{NAME}?token={token}"
+    finally:
+        family = family_of(popen.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(30)
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(5)
+        # The kernel and what it started (the fleet's devices, their shells), not all in the server's process
+        # group: a while to go with the server, then killed; either way gone before the test ends.
+        if not gone(family, LEFT_S):
+            for pid, start in family.items():
+                if still_running({pid: start}):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            assert gone(family, LEFT_S), still_running(family)
+
+
+def gone(family: dict[int, int], timeout: float) -> bool:
+    """Wait until no member of ``family`` runs (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while still_running(family):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_the_terminal_widget_runs_echo_and_top_in_notebook_7(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if CHROMIUM is None:
+        pytest.skip("no Chromium: install Debian's chromium (apt-get install chromium); CI does")
+
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / NAME).write_text(json.dumps(notebook()))
+    with notebook7(tmp_path, root) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--no-proxy-server"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60 * MS)
+        console: list[str] = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: console.append(f"page error: {error}"))
+        try:
+            page.goto(url)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook")
+            # Notebook 7's shell, not JupyterLab's: the one document is its current widget.
+            assert page.evaluate("() => window.jupyterapp.name") == "Jupyter Notebook"
+            page.wait_for_function(KERNEL_IDLE, timeout=90 * MS)
+            page.evaluate(RUN, [3, "notebook:run-all-above"])  # connect, the terminal
+            page.wait_for_selector(".tunnelnb-xterm[data-phase='attached'] .xterm-screen", timeout=WAIT_MS)
+            assert status(page).startswith("attached to device-01 ("), status(page)
+            at_prompt(page)
+            page.locator(".tunnelnb-xterm .xterm-screen").click()  # focus xterm.js (its hidden textarea)
+
+            type_line(page, "echo hi")
+            screen_has(page, "^hi$")
+            at_prompt(page)
+
+            type_line(page, TOP)
+            screen_has(page, "load average", "i")
+            page.keyboard.press("q")
+            at_prompt(page)
+
+            page.locator(".tunnelnb-xterm-button").click()
+            page.wait_for_selector(".tunnelnb-xterm[data-phase='detached']", timeout=WAIT_MS)
+            assert status(page) == "detached: device-01's shell is back to %%tunnel cells"
+            page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+            page.evaluate(RUN, [3, "notebook:run-cell"])
+            page.wait_for_function(f"() => ({CELL})(3).rows.length > 0", timeout=WAIT_MS)
+            result = page.evaluate(CELL, 3)
+            assert result["rows"] == [["device-01", "ok"]], result
+            assert "after" in result["output"], result
+
+            OUTPUT.mkdir(exist_ok=True)
+            page.locator(".jp-CodeCell", has=page.locator(".tunnelnb-xterm")).scroll_into_view_if_needed()
+            page.screenshot(path=str(SCREENSHOT))
+            errors = [line for line in console if line.startswith(("error:", "page error:"))]
+            assert not [e for e in errors if e not in NOTEBOOK_OWN_ERRORS], "\n".join(errors)
+        except BaseException:
+            OUTPUT.mkdir(exist_ok=True)
+            page.screenshot(path=str(OUTPUT / "terminal-notebook7-failure.png"), full_page=True)
+            print("the page's console:", *console, sep="\n")
+            raise
+        finally:
+            browser.close()
