@@ -20,7 +20,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import FleetSizeWarning, TunnelnbError
-from . import connecting
+from . import connecting, options
 
 if TYPE_CHECKING:
     from ..fleet.transfers import TransferResults
@@ -30,6 +30,40 @@ __all__ = ["TRANSFER_HEADER", "format_transfers", "transfer_command"]
 #: The table's columns (``--format json`` has the full sha256).
 TRANSFER_HEADER = ("DEVICE", "STATUS", "BYTES", "DURATION", "SHA256", "PATH", "ERROR")
 _STATUS_COLUMN = TRANSFER_HEADER.index("STATUS")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tunnelnb get`` and ``tunnelnb put``: the connection options are ``run``'s."""
+    usages = {
+        "get": ("TARGETS... -- REMOTE LOCAL_DIR", "copy a file from many devices to LOCAL_DIR/DEVICE_ID/NAME"),
+        "put": ("TARGETS... -- LOCAL REMOTE", "copy a local file to many devices (REMOTE ending in /: a directory)"),
+    }
+    for name, (usage, what) in usages.items():
+        p = sub.add_parser(
+            name,
+            help=what,
+            usage=f"tunnelnb {name} --platform URL [options] {usage}",
+            description=f"{what[0].upper()}{what[1:]}: through each device's shell, checksummed, atomic at the "
+            "destination. Exit status: 0 when every device's file went through, 1 otherwise, 130 when interrupted.",
+        )
+        options.add_connection(p)
+        p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=120.0,
+            help="seconds each exchange with a device may take (one moves about a megabyte; default 120)",
+        )
+        p.add_argument("--concurrency", type=int, default=20, help="devices at once (default 20)")
+        if name == "get":
+            p.add_argument("--force", action="store_true", help="replace local files that exist")
+        else:
+            p.add_argument("--keep-mode", action="store_true", help="give the remote file the local file's mode")
+        options.add_cloud(p)
+        options.add_tls_client(p)
+        p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
+        p.add_argument("paths", nargs=2, metavar="PATH", help="REMOTE LOCAL_DIR (get), LOCAL REMOTE (put)")
+        options.add_log_level(p)
 
 
 def transfer_command(args: argparse.Namespace) -> int:

@@ -16,21 +16,13 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TunnelnbError
+from . import files as files_parsers
+from . import options
+from . import shell as shell_parsers
 
 __all__ = ["main", "parse_ok_codes"]
 
 DEFAULT_PORT = 8765
-
-
-def _add_log_level(p: argparse.ArgumentParser, default: str = "warning") -> None:
-    # Quiet by default: an operator following the README runs these in the background of
-    # the terminal they type in, where every INFO line is noise; --log-level info shows more.
-    p.add_argument(
-        "--log-level",
-        default=default,
-        choices=["debug", "info", "warning", "error"],
-        help=f"how much to log on stderr (default {default}; never tokens or passwords)",
-    )
 
 
 def parse_ok_codes(text: str) -> tuple[int, ...]:
@@ -47,51 +39,6 @@ def parse_ok_codes(text: str) -> tuple[int, ...]:
     return codes
 
 
-def _add_platform_auth(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--project-id",
-        default=os.environ.get("TUNNELNB_PROJECT_ID", "demo"),
-        help="IoTDA project id (default: $TUNNELNB_PROJECT_ID or 'demo')",
-    )
-    p.add_argument(
-        "--api-token",
-        default=None,
-        help="API token sent as X-Auth-Token (default: $TUNNELNB_API_TOKEN); prefer the variable, "
-        "command lines are visible to other users",
-    )
-
-
-def _add_connection(p: argparse.ArgumentParser) -> None:
-    """The platform and login options of the commands that work on devices (run, get, put)."""
-    p.add_argument(
-        "--platform",
-        default=os.environ.get("TUNNELNB_URL"),
-        metavar="URL",
-        help="platform base URL (default: $TUNNELNB_URL)",
-    )
-    _add_platform_auth(p)
-    p.add_argument("--user", default=os.environ.get("TUNNELNB_LOGIN_USER", "ops"), help="login user (default ops)")
-    p.add_argument(
-        "--password-env",
-        default="TUNNELNB_LOGIN_PASSWORD",
-        metavar="VAR",
-        help="environment variable holding the login password (default TUNNELNB_LOGIN_PASSWORD); "
-        "prompted for when unset and stdin is a terminal",
-    )
-
-
-def _add_cloud(p: argparse.ArgumentParser) -> None:
-    """Huawei Cloud IoTDA through the official SDK, instead of --platform (run, get, put)."""
-    cloud = p.add_argument_group(
-        "Huawei Cloud IoTDA (pip install 'tunnelnb[huaweicloud]'; AK/SK from $HUAWEICLOUD_SDK_AK / _SK, "
-        "project from --project-id or $HUAWEICLOUD_SDK_PROJECT_ID)"
-    )
-    cloud.add_argument("--huaweicloud", action="store_true", help="use IoTDA through the official SDK")
-    cloud.add_argument("--region", help="IoTDA region, e.g. cn-north-4")
-    cloud.add_argument("--endpoint", metavar="URL", help="your instance's application endpoint")
-    cloud.add_argument("--instance-id", help="IoTDA instance id (Instance-Id header)")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelnb",
@@ -103,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("platform", help="serve a local IoTDA-compatible platform (REST + WebSocket), in memory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
-    _add_platform_auth(p)
+    options.add_platform_auth(p)
     p.add_argument("--max-message-bytes", type=int, default=10_240, help="WebSocket message limit (default 10240)")
     p.add_argument("--token-ttl", type=int, default=86_400, help="tunnel token lifetime in seconds (default 86400)")
     p.add_argument(
@@ -134,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="notify a device again only if it has not joined its tunnel within this time (default 5)",
     )
-    _add_log_level(p)
+    options.add_log_level(p)
     p.add_argument("--access-log", action="store_true", help="log every HTTP request (aiohttp's access log) on stderr")
 
     p = sub.add_parser("agent", help="the device side: keep the device link, bridge tunnels to SSH")
@@ -186,8 +133,8 @@ def _parser() -> argparse.ArgumentParser:
         "session unless the application is heard from within S seconds (default 10)",
     )
     p.add_argument("--max-message-bytes", type=int, default=10_240)
-    _add_tls_client(p)
-    _add_log_level(p)
+    options.add_tls_client(p)
+    options.add_log_level(p)
 
     p = sub.add_parser(
         "sim",
@@ -196,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "misbehaving on purpose) against a platform. See tunnelnb.sim.fleet for the profiles.",
     )
     p.add_argument("--platform", required=True, metavar="URL", help="platform base URL")
-    _add_platform_auth(p)
+    options.add_platform_auth(p)
     p.add_argument("--devices", type=int, default=8, metavar="N", help="how many devices (default 8)")
     p.add_argument("--prefix", default="device-", help="device id prefix (default device-)")
     p.add_argument("--seed", type=int, default=1, help="profile seed (default 1)")
@@ -213,8 +160,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the devices in N processes (default 1: this one); the parent registers them, reports, and "
         "stops every worker on SIGINT, SIGTERM or a worker's death",
     )
-    _add_tls_client(p)
-    _add_log_level(p)
+    options.add_tls_client(p)
+    options.add_log_level(p)
 
     p = sub.add_parser(
         "run",
@@ -223,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Exit status: 0 when every device ran the command with exit code 0, 1 otherwise, "
         "130 when interrupted (the rows so far are printed, the rest marked cancelled).",
     )
-    _add_connection(p)
+    options.add_connection(p)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--timeout", type=float, default=30.0, help="per-device command timeout in seconds (default 30)")
     p.add_argument("--concurrency", type=int, default=100, help="devices running at once (default 100)")
@@ -276,13 +223,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run the first N targets first, and stop there if any of them fails",
     )
-    _add_cloud(p)
-    _add_tls_client(p)
+    options.add_cloud(p)
+    options.add_tls_client(p)
     p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
-    _add_log_level(p, default="warning")
+    options.add_log_level(p, default="warning")
 
-    _add_file_parsers(sub)
-    _add_shell_parsers(sub)
+    files_parsers.add_parsers(sub)
+    shell_parsers.add_parsers(sub)
 
     p = sub.add_parser(
         "demo",
@@ -302,84 +249,6 @@ def _parser() -> argparse.ArgumentParser:
         help="do not open a browser (the default without $DISPLAY or $WAYLAND_DISPLAY); open the printed URL",
     )
     return parser
-
-
-def _add_file_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``tunnelnb get`` and ``tunnelnb put`` (:mod:`.files`): the connection options are ``run``'s."""
-    usages = {
-        "get": ("TARGETS... -- REMOTE LOCAL_DIR", "copy a file from many devices to LOCAL_DIR/DEVICE_ID/NAME"),
-        "put": ("TARGETS... -- LOCAL REMOTE", "copy a local file to many devices (REMOTE ending in /: a directory)"),
-    }
-    for name, (usage, what) in usages.items():
-        p = sub.add_parser(
-            name,
-            help=what,
-            usage=f"tunnelnb {name} --platform URL [options] {usage}",
-            description=f"{what[0].upper()}{what[1:]}: through each device's shell, checksummed, atomic at the "
-            "destination. Exit status: 0 when every device's file went through, 1 otherwise, 130 when interrupted.",
-        )
-        _add_connection(p)
-        p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-        p.add_argument(
-            "--timeout",
-            type=float,
-            default=120.0,
-            help="seconds each exchange with a device may take (one moves about a megabyte; default 120)",
-        )
-        p.add_argument("--concurrency", type=int, default=20, help="devices at once (default 20)")
-        if name == "get":
-            p.add_argument("--force", action="store_true", help="replace local files that exist")
-        else:
-            p.add_argument("--keep-mode", action="store_true", help="give the remote file the local file's mode")
-        _add_cloud(p)
-        _add_tls_client(p)
-        p.add_argument("targets", nargs="+", help="device ids, globs, ranges device-0[1-4], tags @edge @fw=2.1")
-        p.add_argument("paths", nargs=2, metavar="PATH", help="REMOTE LOCAL_DIR (get), LOCAL REMOTE (put)")
-        _add_log_level(p)
-
-
-def _add_shell_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``tunnelnb shell`` and ``tunnelnb play`` (:mod:`.shell`): the connection options are ``run``'s."""
-    from .shell import escape_char
-
-    p = sub.add_parser(
-        "shell",
-        help="an interactive shell on one device in this terminal, like ssh (~. after Enter detaches)",
-        usage="tunnelnb shell --platform URL [options] [--record FILE.cast] DEVICE",
-        description="Attach this terminal to a device's shell through its tunnel: every key goes to the device "
-        "(Ctrl-C too); after Enter, ~. detaches, ~~ types ~ and ~? lists the escapes. The device's terminal gets "
-        "this terminal's size at the start and keeps it. Exit status: 0 after a detach or when the shell "
-        "exited, 1 when no terminal could be opened or the connection could not be restored.",
-    )
-    _add_connection(p)
-    p.add_argument(
-        "--record",
-        metavar="FILE.cast",
-        help="write what the terminal shows to FILE.cast (asciicast v2: tunnelnb play, asciinema play), "
-        "with passwords and tokens masked and nothing typed",
-    )
-    p.add_argument(
-        "--escape-char",
-        type=escape_char,
-        default="~",
-        metavar="C|none",
-        help="the escape character (default ~), or none for no escapes",
-    )
-    _add_cloud(p)
-    _add_tls_client(p)
-    p.add_argument("device", metavar="DEVICE", help="one device id")
-    _add_log_level(p, default="error")  # log lines would land in the middle of the device's screen
-
-    p = sub.add_parser(
-        "play",
-        help="replay a terminal recording (tunnelnb shell --record, asciicast v2) in this terminal",
-        description="Write the recording's output to this terminal with its timing.",
-    )
-    p.add_argument("file", metavar="FILE.cast", help="an asciicast v2 recording")
-    p.add_argument("--speed", type=float, default=1.0, help="play X times as fast (default 1; 0: no waiting)")
-    p.add_argument(
-        "--idle-limit", type=float, default=None, metavar="S", help="cut every pause longer than S seconds to S"
-    )
 
 
 def _configure_logging(level: str, *, access_log: bool = False) -> None:
@@ -527,11 +396,6 @@ def _sim(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _add_tls_client(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ca-bundle", metavar="PEM", help="trust the platform's certificate from this CA bundle")
-    p.add_argument("--insecure", action="store_true", help="do not verify the platform's certificate (warns)")
 
 
 def _access_key(args: argparse.Namespace) -> dict[str, str]:

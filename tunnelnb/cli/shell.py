@@ -22,6 +22,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ..errors import TunnelnbError
+from . import options
 
 __all__ = ["play_command", "shell_command"]
 
@@ -36,6 +37,48 @@ def escape_char(text: str) -> str | None:
     if len(text) != 1 or not text.isascii() or not text.isprintable() or text in ".?":
         raise argparse.ArgumentTypeError(f"want one printable character other than . and ?, or none; got {text!r}")
     return text
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tunnelnb shell`` and ``tunnelnb play``: the connection options are ``run``'s."""
+    p = sub.add_parser(
+        "shell",
+        help="an interactive shell on one device in this terminal, like ssh (~. after Enter detaches)",
+        usage="tunnelnb shell --platform URL [options] [--record FILE.cast] DEVICE",
+        description="Attach this terminal to a device's shell through its tunnel: every key goes to the device "
+        "(Ctrl-C too); after Enter, ~. detaches, ~~ types ~ and ~? lists the escapes. The device's terminal gets "
+        "this terminal's size at the start and keeps it. Exit status: 0 after a detach or when the shell "
+        "exited, 1 when no terminal could be opened or the connection could not be restored.",
+    )
+    options.add_connection(p)
+    p.add_argument(
+        "--record",
+        metavar="FILE.cast",
+        help="write what the terminal shows to FILE.cast (asciicast v2: tunnelnb play, asciinema play), "
+        "with passwords and tokens masked and nothing typed",
+    )
+    p.add_argument(
+        "--escape-char",
+        type=escape_char,
+        default="~",
+        metavar="C|none",
+        help="the escape character (default ~), or none for no escapes",
+    )
+    options.add_cloud(p)
+    options.add_tls_client(p)
+    p.add_argument("device", metavar="DEVICE", help="one device id")
+    options.add_log_level(p, default="error")  # log lines would land in the middle of the device's screen
+
+    p = sub.add_parser(
+        "play",
+        help="replay a terminal recording (tunnelnb shell --record, asciicast v2) in this terminal",
+        description="Write the recording's output to this terminal with its timing.",
+    )
+    p.add_argument("file", metavar="FILE.cast", help="an asciicast v2 recording")
+    p.add_argument("--speed", type=float, default=1.0, help="play X times as fast (default 1; 0: no waiting)")
+    p.add_argument(
+        "--idle-limit", type=float, default=None, metavar="S", help="cut every pause longer than S seconds to S"
+    )
 
 
 def shell_command(args: argparse.Namespace) -> int:
