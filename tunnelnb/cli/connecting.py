@@ -1,7 +1,7 @@
 """What ``tunnelnb run``, ``get``, ``put`` and ``shell`` share: where to connect, and the login password.
 
-Their connection options are defined once too (:func:`tunnelnb.cli.main._add_connection`,
-``_add_cloud``); these read them back.
+Their connection options are defined once too (:func:`.options.add_connection`,
+:func:`.options.add_cloud`); these read them back.
 """
 
 from __future__ import annotations
