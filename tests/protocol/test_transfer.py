@@ -21,17 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from tunnelnb.protocol.shell import MAX_TYPED_LINE, CommandParser, Finished, Output
-from tunnelnb.protocol.transfer import (
-    GET_LAYOUT,
-    GET_RANGE_PARTS,
+from tunnelnb.protocol.cksum import cksum
+from tunnelnb.protocol.dump import DumpReader
+from tunnelnb.protocol.putfile import (
     PUT_BLOCK_BYTES,
-    GetStat,
     PutFinish,
     free_bytes,
-    get_range_script,
-    get_stat_script,
-    parse_get_stat,
     parse_put_finish,
     parse_put_prepare,
     parse_put_writes,
@@ -39,10 +34,19 @@ from tunnelnb.protocol.transfer import (
     put_blocks_script,
     put_finish_script,
     put_prepare_script,
+)
+from tunnelnb.protocol.shell import MAX_TYPED_LINE, CommandParser, Finished, Output
+from tunnelnb.protocol.transfer import (
+    GET_LAYOUT,
+    GET_RANGE_PARTS,
+    GetStat,
+    get_range_script,
+    get_stat_script,
+    parse_get_stat,
     shell_path,
     split_path,
 )
-from tunnelnb.protocol.verify import DumpReader, cksum, reread_script
+from tunnelnb.protocol.verify import reread_script
 
 from .test_verify import Shell
 

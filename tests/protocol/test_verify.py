@@ -23,16 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tunnelnb.protocol.cksum import cksum, cksum_reference
+from tunnelnb.protocol.dump import DumpReader, Trailer, block_bytes
 from tunnelnb.protocol.shell import MAX_TYPED_LINE, CommandParser, Finished, Output
 from tunnelnb.protocol.verify import (
     BLOCK_BYTES,
     PART_BYTES,
     PARTS_PER_BLOCK,
-    DumpReader,
-    Trailer,
-    block_bytes,
-    cksum,
-    cksum_reference,
     cleanup_command,
     reread_script,
     temp_file_glob,

@@ -1,7 +1,7 @@
 """Files in and out of one device through its shell: ``get`` and ``put`` (scripts: :mod:`tunnelnb.protocol.transfer`).
 
 A get reads the file's checksums, then the file in exchanges of about a
-megabyte as shaped parts (:class:`~tunnelnb.protocol.verify.DumpReader`, the
+megabyte as shaped parts (:class:`~tunnelnb.protocol.dump.DumpReader`, the
 reader of verified runs), then again, checksummed, what did not arrive intact,
 at most :data:`MAX_REREADS` times; the bytes are exact (the whole file's
 ``cksum`` and, where the device has ``sha256sum``, its sha256) or the result
@@ -30,17 +30,12 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import DeviceDisconnected, TunnelError
-from ..protocol.transfer import (
-    END_LINE,
-    GET_LAYOUT,
-    GET_RANGE_PARTS,
-    GET_VAR,
+from ..protocol.cksum import cksum
+from ..protocol.dump import DumpReader
+from ..protocol.putfile import (
     PUT_BATCH_BLOCKS,
     PUT_BLOCK_BYTES,
     free_bytes,
-    get_range_script,
-    get_stat_script,
-    parse_get_stat,
     parse_put_finish,
     parse_put_prepare,
     parse_put_writes,
@@ -51,7 +46,16 @@ from ..protocol.transfer import (
     temp_name,
     temp_word,
 )
-from ..protocol.verify import DAMAGED, DumpReader, cksum, reread_script
+from ..protocol.transfer import (
+    END_LINE,
+    GET_LAYOUT,
+    GET_RANGE_PARTS,
+    GET_VAR,
+    get_range_script,
+    get_stat_script,
+    parse_get_stat,
+)
+from ..protocol.verify import DAMAGED, reread_script
 from .result import ResultStatus
 from .verified import END_GRACE_S, Execute
 

@@ -19,8 +19,9 @@ from functools import partial
 from typing import Protocol
 
 from ..errors import TunnelError
+from ..protocol.dump import DumpReader
 from ..protocol.shell import Finished, command_script
-from ..protocol.verify import DAMAGED, DumpReader, cleanup_command, reread_script, verified_script
+from ..protocol.verify import DAMAGED, cleanup_command, reread_script, verified_script
 from .result import ResultStatus
 
 __all__ = [
