@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ SCREENSHOT = OUTPUT / "terminal-vi.png"
 DOCS_SCREENSHOT = ROOT / "docs" / "terminal-vi.png"
 WAIT_MS = 30 * MS  # one step on the screen: a loaded CI machine may be slow
 LAB_READY_S = 120.0
+LEFT_S = 10.0  # for the kernel and its children to go once the server has gone
 CAST = "device-01.cast"  # the terminal's recording, beside the notebook (the kernel's working directory)
 # The device's tools are this machine's: full vi and top if installed, else busybox's (.ci/run installs busybox).
 VI = "vi" if shutil.which("vi") else "busybox vi"
@@ -120,19 +121,24 @@ def notebook(gate: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def jupyterlab(tmp_path: Path, root: Path) -> Iterator[str]:
-    """JupyterLab on loopback serving ``root``, with a temporary configuration; yields its base URL."""
+def jupyter_server(
+    tmp_path: Path, root: Path, argv: Callable[[int], list[str]], what: str
+) -> Iterator[tuple[str, str]]:
+    """A Jupyter server (JupyterLab, Notebook 7) on loopback serving ``root``, ``argv(port)``; yields (URL, token).
+
+    At the end it is stopped as a user stops it (SIGINT to its process group), and the
+    kernel and what the kernel started (the fleet's devices, their shells), which are not
+    all in that group, get a while to go and are then killed: gone before the test ends.
+    """
     lab_config(tmp_path)
-    env = isolated_env(tmp_path, LAB_SETTINGS)
+    env = isolated_env(tmp_path, LAB_SETTINGS)  # Notebook 7 reads JupyterLab's settings too: autosave off, no news
     token = secrets.token_hex(16)
     env["JUPYTER_TOKEN"] = token
     port = lab_port(0)
-    argv = lab_argv(root, port, False)
-    argv[0] = sys.executable
-    log = tmp_path / "lab.log"
+    log = tmp_path / "server.log"
     with open(log, "wb") as out:
         popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=root, start_new_session=True
+            argv(port), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=root, start_new_session=True
         )
     base_url = f"http://127.0.0.1:{port}"
     family: dict[int, int] = {}
@@ -141,9 +147,9 @@ def jupyterlab(tmp_path: Path, root: Path) -> Iterator[str]:
         deadline = time.monotonic() + LAB_READY_S
         while not ready():
             if popen.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not come up: {log.read_text(errors='replace')[-3000:]}")
+                pytest.fail(f"{what} did not come up: {log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.2)
-        yield f"{base_url}/lab/tree/terminal.ipynb?token={token}"
+        yield base_url, token
     finally:
         family = family_of(popen.pid)
         with contextlib.suppress(ProcessLookupError):
@@ -151,12 +157,38 @@ def jupyterlab(tmp_path: Path, root: Path) -> Iterator[str]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(30)
         if popen.poll() is None:
-            popen.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
             popen.wait(5)
-        for pid, start in family.items():  # the kernel, if JupyterLab left it
-            if still_running({pid: start}):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if not gone(family, LEFT_S):
+            for pid, start in family.items():
+                if still_running({pid: start}):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            assert gone(family, LEFT_S), still_running(family)
+
+
+def gone(family: dict[int, int], timeout: float) -> bool:
+    """Wait until no member of ``family`` runs (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while still_running(family):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@contextlib.contextmanager
+def jupyterlab(tmp_path: Path, root: Path) -> Iterator[str]:
+    """JupyterLab on loopback serving ``root``, with a temporary configuration; yields the notebook's URL."""
+
+    def argv(port: int) -> list[str]:
+        command = lab_argv(root, port, False)
+        command[0] = sys.executable
+        return command
+
+    with jupyter_server(tmp_path, root, argv, "JupyterLab") as (base_url, token):
+        yield f"{base_url}/lab/tree/terminal.ipynb?token={token}"
 
 
 def screen_has(page: Any, pattern: str, flags: str = "") -> None:

@@ -17,31 +17,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli.test_demo import family_of, isolated_env, still_running
-from tests.notebook.test_browser import CHROMIUM, KERNEL_IDLE, LAB_SETTINGS, MS, OUTPUT
+from tests.notebook.test_browser import CHROMIUM, KERNEL_IDLE, MS, OUTPUT
 from tests.notebook.test_terminal_browser import (
     CELL,
-    LAB_READY_S,
     RUN,
     TOP,
     WAIT_MS,
     at_prompt,
+    jupyter_server,
     screen_has,
     status,
     type_line,
 )
-from tunnelnb.cli.demo import lab_answers, lab_port
 from tunnelnb.notebook.widgets.terminal import STATIC
 
 pytestmark = [
@@ -56,7 +50,6 @@ NAME = "terminal.ipynb"
 # reads ``plugins[id].schema`` of a plugin it does not have) as the page loads, before any cell runs and
 # with no widget in the notebook: not the terminal's.
 NOTEBOOK_OWN_ERRORS = ("page error: Cannot read properties of undefined (reading 'schema')",)
-LEFT_S = 10.0  # for the kernel and its children to go once the server has gone
 JUPYTER = str(Path(sys.executable).parent / "jupyter")  # the venv's, with Notebook 7 (the `test` extra)
 
 
@@ -99,59 +92,8 @@ def notebook_argv(root: Path, port: int) -> list[str]:
 @contextlib.contextmanager
 def notebook7(tmp_path: Path, root: Path) -> Iterator[str]:
     """Notebook 7 serving ``root`` with a temporary configuration; yields the notebook's URL."""
-    env = isolated_env(tmp_path, LAB_SETTINGS)  # Notebook 7 reads JupyterLab's settings: autosave off, no news
-    token = secrets.token_hex(16)
-    env["JUPYTER_TOKEN"] = token
-    port = lab_port(0)
-    log = tmp_path / "notebook.log"
-    with open(log, "wb") as out:
-        popen = subprocess.Popen(
-            notebook_argv(root, port),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-            cwd=root,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    family: dict[int, int] = {}
-    try:
-        ready = lab_answers(base_url, token)
-        deadline = time.monotonic() + LAB_READY_S
-        while not ready():
-            if popen.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Notebook 7 did not come up: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
+    with jupyter_server(tmp_path, root, lambda port: notebook_argv(root, port), "Notebook 7") as (base_url, token):
         yield f"{base_url}/notebooks/{NAME}?token={token}"
-    finally:
-        family = family_of(popen.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            popen.wait(30)
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait(5)
-        # The kernel and what it started (the fleet's devices, their shells), not all in the server's process
-        # group: a while to go with the server, then killed; either way gone before the test ends.
-        if not gone(family, LEFT_S):
-            for pid, start in family.items():
-                if still_running({pid: start}):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            assert gone(family, LEFT_S), still_running(family)
-
-
-def gone(family: dict[int, int], timeout: float) -> bool:
-    """Wait until no member of ``family`` runs (at most ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while still_running(family):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_the_terminal_widget_runs_echo_and_top_in_notebook_7(tmp_path: Path) -> None:
