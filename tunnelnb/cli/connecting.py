@@ -7,14 +7,22 @@ Their connection options are defined once too (:func:`.options.add_connection`,
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import getpass
 import os
 import sys
-from typing import Any
+import warnings
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
 
-from ..errors import TunnelnbError
+from ..errors import FleetSizeWarning, TunnelnbError
 
-__all__ = ["login_password", "where"]
+if TYPE_CHECKING:
+    from ..fleet.fleet import Fleet
+    from ..fleet.progress import TextProgress
+
+__all__ = ["fleet_with_progress", "login_password", "where"]
 
 
 def where(args: argparse.Namespace) -> dict[str, Any]:
@@ -51,3 +59,32 @@ def login_password(args: argparse.Namespace) -> str:
     if sys.stdin.isatty():
         return getpass.getpass(f"password for {args.user}: ")
     raise TunnelnbError(f"no login password: set ${args.password_env} (or run in a terminal to be asked)")
+
+
+@contextlib.asynccontextmanager
+async def fleet_with_progress(
+    target: dict[str, Any], targets: Iterable[str], user: str, password: str
+) -> AsyncIterator[tuple[Fleet, list[str], TextProgress]]:
+    """The fleet at ``target``, the ids of ``targets`` logged in as ``user``, a progress line on stderr.
+
+    The fleet is closed and the line cleared however the block ends.
+    """
+    from ..connection import connect
+    from ..fleet.progress import TextProgress
+
+    fleet = await connect(**target)
+    try:
+        ids = fleet.select(targets)
+        fleet.set_login(ids, user, password)
+        progress = TextProgress(len(ids), sys.stderr)
+        shower = asyncio.create_task(progress.show())
+        try:
+            # One command logs every device in once anyway: the pool-size warning is for repeated runs.
+            warnings.simplefilter("ignore", FleetSizeWarning)
+            yield fleet, ids, progress
+        finally:
+            shower.cancel()
+            progress.close()
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await fleet.close()

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import FleetSizeWarning, TunnelnbError
+from ..errors import TunnelnbError
 from . import connecting, options
 
 if TYPE_CHECKING:
@@ -68,9 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def transfer_command(args: argparse.Namespace) -> int:
     """``tunnelnb get`` / ``put``: 0 when every device's file went through, 1 otherwise, 130 when interrupted."""
-    from ..connection import connect
     from ..fleet import files
-    from ..fleet.progress import TextProgress
 
     if args.timeout <= 0 or args.concurrency < 1:
         raise TunnelnbError("--timeout must be positive and --concurrency at least 1")
@@ -82,31 +79,18 @@ def transfer_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     async def main() -> None:
-        fleet = await connect(**where)
-        try:
-            ids = fleet.select(args.targets)
-            fleet.set_login(ids, args.user, password)
-            progress = TextProgress(len(ids), sys.stderr)
-            shower = asyncio.create_task(progress.show())
+        async with connecting.fleet_with_progress(where, args.targets, args.user, password) as (fleet, ids, progress):
             options: dict[str, Any] = {
                 "timeout": args.timeout,
                 "concurrency": args.concurrency,
                 "on_result": progress.update,
             }
-            try:
-                warnings.simplefilter("ignore", FleetSizeWarning)
-                if args.command == "get":
-                    remote, local_dir = args.paths
-                    outcome["rows"] = await files.get(fleet, remote, ids, local_dir, overwrite=args.force, **options)
-                else:
-                    local, remote = args.paths
-                    outcome["rows"] = await files.put(fleet, local, remote, ids, keep_mode=args.keep_mode, **options)
-            finally:
-                shower.cancel()
-                progress.close()
-        finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await fleet.close()
+            if args.command == "get":
+                remote, local_dir = args.paths
+                outcome["rows"] = await files.get(fleet, remote, ids, local_dir, overwrite=args.force, **options)
+            else:
+                local, remote = args.paths
+                outcome["rows"] = await files.put(fleet, local, remote, ids, keep_mode=args.keep_mode, **options)
 
     try:
         with warnings.catch_warnings():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import sys
@@ -16,8 +15,6 @@ import time
 import warnings
 from typing import TextIO
 
-from ..errors import FleetSizeWarning
-from ..fleet.progress import TextProgress
 from ..fleet.results import Results
 from ..fleet.tables import escape_controls, output_text, text_table
 from . import connecting
@@ -94,23 +91,14 @@ def use_colour(stream: TextIO) -> bool:
 
 def run_command(args: argparse.Namespace, command: str) -> int:
     """Run ``command`` on ``args.targets``; the exit status says whether every device succeeded."""
-    from ..connection import connect
-
     where = connecting.where(args)
     password = connecting.login_password(args)
     outcome: dict[str, Results] = {}
     started = time.perf_counter()
 
     async def main() -> None:
-        fleet = await connect(**where)
-        try:
-            ids = fleet.select(args.targets)
-            fleet.set_login(ids, args.user, password)
-            progress = TextProgress(len(ids), sys.stderr)
-            shower = asyncio.create_task(progress.show())
+        async with connecting.fleet_with_progress(where, args.targets, args.user, password) as (fleet, ids, progress):
             try:
-                # One run logs every device in once anyway: the pool-size warning is for repeated runs.
-                warnings.simplefilter("ignore", FleetSizeWarning)
                 outcome["results"] = await fleet.run(
                     command,
                     ids,
@@ -127,12 +115,6 @@ def run_command(args: argparse.Namespace, command: str) -> int:
                 if fleet.last_results is not None:
                     outcome["results"] = fleet.last_results
                 raise
-            finally:
-                shower.cancel()
-                progress.close()
-        finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await fleet.close()
 
     interrupted = False
     try:

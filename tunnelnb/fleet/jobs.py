@@ -118,11 +118,10 @@ def busy_devices(fleet: Fleet, device_ids: Iterable[str] | None = None) -> dict[
 
 async def stop_jobs(fleet: Fleet) -> None:
     """Cancel the fleet's running jobs and wait for their rows: :meth:`Fleet.close` does it before closing sessions."""
-    await asyncio.sleep(0)  # a job submitted in this step of the loop starts first, so it gets rows
     running = [job for job in jobs_of(fleet) if not job.done()]
     for job in running:
-        job.cancel()
-    await asyncio.gather(*(job._task for job in running if job._task is not None), return_exceptions=True)
+        job.cancel()  # one not started yet cancels itself as it starts, once its devices have rows
+    await asyncio.gather(*(asyncio.wrap_future(job._future) for job in running), return_exceptions=True)
 
 
 def jobs_table(fleet: Fleet) -> pd.DataFrame:

@@ -7,12 +7,18 @@ nothing of notebooks.  The counting is shared (:class:`ProgressCounts`).
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
 
 from ..client.result import CommandResult
-from ..fleet.progress import ProgressCounts
+from ..fleet.progress import ProgressCounts, TextProgress
 
-__all__ = ["WidgetProgress"]
+__all__ = ["CellProgress", "WidgetProgress", "cell_progress"]
+
+T = TypeVar("T")
 
 
 class WidgetProgress(ProgressCounts):
@@ -66,3 +72,43 @@ class WidgetProgress(ProgressCounts):
         self.bar.close()
         self.label.close()
         self._handle = self.bar = self.label = None
+
+
+class CellProgress:
+    """What a magic's run shows while devices finish: :class:`WidgetProgress` in a notebook, else a line on stderr."""
+
+    def __init__(self, progress: WidgetProgress | TextProgress) -> None:
+        self.progress = progress
+
+    def update(self, row: CommandResult) -> None:
+        self.progress.update(row)
+
+    async def around(self, work: Awaitable[T]) -> T:
+        """Await ``work`` (on the fleet's loop) with the text progress line refreshing meanwhile."""
+        progress = self.progress
+        shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None
+        try:
+            return await work
+        finally:
+            if shower is not None:
+                shower.cancel()
+
+
+@contextlib.contextmanager
+def cell_progress(
+    total: int, loop: asyncio.AbstractEventLoop, *, in_kernel: bool, after_s: float
+) -> Iterator[CellProgress]:
+    """The progress of a run on ``total`` devices, shown once it has lasted ``after_s`` seconds; closed after."""
+    progress: WidgetProgress | TextProgress
+    timer: asyncio.TimerHandle | None = None
+    if in_kernel:
+        progress = WidgetProgress(total, after_s=after_s)
+        timer = loop.call_later(after_s, progress.show)
+    else:
+        progress = TextProgress(total, sys.stderr, after_s=after_s)
+    try:
+        yield CellProgress(progress)
+    finally:
+        if timer is not None:
+            loop.call_soon_threadsafe(timer.cancel)
+        progress.close()

@@ -10,8 +10,6 @@ Both show progress as a run does and return a
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +18,8 @@ from IPython.core.magic_arguments import argument
 
 from ...client.result import CommandResult
 from ...fleet import files
-from ...fleet.progress import TextProgress
 from ...fleet.transfers import TransferResults
-from ..progress import WidgetProgress
+from ..progress import cell_progress
 from .parsing import parse, subcommand, target_words
 from .run import Interrupted
 
@@ -99,31 +96,13 @@ def _transfer(
     start: Callable[[Callable[[CommandResult], None]], Coroutine[Any, Any, TransferResults]],
 ) -> TransferResults:
     """Run the transfer on the fleet's loop with a progress display; store and return its rows."""
-    loop = magics.event_loop()
-    progress: WidgetProgress | TextProgress
-    timer: Any = None
-    if magics.in_kernel():
-        progress = WidgetProgress(len(ids), after_s=magics.progress_after)
-        timer = loop.call_later(magics.progress_after, progress.show)
-    else:
-        progress = TextProgress(len(ids), sys.stderr, after_s=magics.progress_after)
-
-    async def with_progress() -> TransferResults:
-        shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None
+    with cell_progress(
+        len(ids), magics.event_loop(), in_kernel=magics.in_kernel(), after_s=magics.progress_after
+    ) as progress:
         try:
-            return await start(progress.update)
-        finally:
-            if shower is not None:
-                shower.cancel()
-
-    try:
-        results: TransferResults = magics.call(with_progress())
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: the devices' rows are cancelled (see %tunnel history)") from None
-    finally:
-        if timer is not None:
-            loop.call_soon_threadsafe(timer.cancel)
-        progress.close()
+            results: TransferResults = magics.call(progress.around(start(progress.update)))
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted: the devices' rows are cancelled (see %tunnel history)") from None
     results.html_max_rows = magics.display_limit
     if args.out:
         magics.user_ns[args.out] = results

@@ -12,7 +12,6 @@ interrupts the cell with one line (:class:`Interrupted`), not a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shlex
 import sys
 from collections.abc import Callable
@@ -22,10 +21,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
 from ...errors import TunnelnbError
-from ...fleet.progress import LiveOutput, TextProgress
+from ...fleet.progress import LiveOutput
 from ...fleet.results import Results
 from ...fleet.rollout import batch_option, canary_option, max_errors_option
-from ..progress import WidgetProgress
+from ..progress import cell_progress
 from .parsing import expand, parse, plural, subcommand, target_words
 
 if TYPE_CHECKING:
@@ -197,44 +196,29 @@ def run(magics: TunnelMagics, args: argparse.Namespace, command: str) -> Any:
         # Colour in a notebook (it renders it) and on a terminal, never into a pipe or a file.
         colour = magics.in_kernel() or sys.stdout.isatty()
         live = LiveOutput(sys.stdout, ids, max_lines=magics.stream_max_lines, colour=colour)
-    progress: WidgetProgress | TextProgress
-    timer: Any
-    loop = magics.event_loop()
-    if magics.in_kernel():
-        progress = WidgetProgress(len(ids), after_s=magics.progress_after)
-        timer = loop.call_later(magics.progress_after, progress.show)
-    else:
-        progress = TextProgress(len(ids), sys.stderr, after_s=magics.progress_after)
-        timer = None
-
-    def on_result(row: Any) -> None:
-        if live is not None:
-            live.finish(row.device_id)
-        progress.update(row)
-
-    async def run_on_fleet() -> Results:
-        shower = asyncio.ensure_future(progress.show()) if isinstance(progress, TextProgress) else None
-        try:
-            on_output = live.write if live is not None else None
-            return await fleet.run(command, ids, on_output=on_output, on_result=on_result, **options)
-        finally:
-            if shower is not None:
-                shower.cancel()
-
     interrupted = False
-    try:
-        results = magics.call(run_on_fleet())
-    except KeyboardInterrupt:
-        interrupted = True
-        if fleet.last_results is None:
-            raise Interrupted("interrupted before any device started") from None
-        results = fleet.last_results
-    finally:
-        if timer is not None:
-            loop.call_soon_threadsafe(timer.cancel)
-        if live is not None:
-            live.close()
-        progress.close()
+    with cell_progress(
+        len(ids), magics.event_loop(), in_kernel=magics.in_kernel(), after_s=magics.progress_after
+    ) as progress:
+
+        def on_result(row: Any) -> None:
+            if live is not None:
+                live.finish(row.device_id)
+            progress.update(row)
+
+        on_output = live.write if live is not None else None
+        try:
+            results = magics.call(
+                progress.around(fleet.run(command, ids, on_output=on_output, on_result=on_result, **options))
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+            if fleet.last_results is None:
+                raise Interrupted("interrupted before any device started") from None
+            results = fleet.last_results
+        finally:
+            if live is not None:
+                live.close()
     results.html_max_rows = magics.display_limit
     if args.out:
         magics.user_ns[args.out] = results
