@@ -73,3 +73,19 @@ async def test_what_cannot_be_attached_is_one_sentence(fleet: Fleet, devices: De
     with pytest.raises(TerminalError, match=r"^no terminal to device-03: offline: ") as offline:
         await open_terminal(fleet, "device-03", screen.output, timeout=WAIT_S)
     assert offline.value.status == "offline"
+
+
+async def test_no_terminal_while_a_cassette_records(fleet: Fleet, tmp_path):
+    """A cassette keeps every tunnel message: a terminal's keys (a sudo password, say) must not end up there."""
+    import tunnelnb
+
+    screen = Screen()
+    async with tunnelnb.record(fleet, tmp_path / "incident.cassette.jsonl"):
+        with pytest.raises(TerminalError, match=r"^a cassette recording is on \(%tunnel record\): ") as refused:
+            await open_terminal(fleet, "device-01", screen.output, timeout=WAIT_S)
+        assert refused.value.status == "error"
+        res = await fleet.run("echo recorded", "device-01", timeout=WAIT_S)
+        assert [(r.status, r.stdout) for r in res] == [("ok", "recorded\n")]
+    terminal = await open_terminal(fleet, "device-01", screen.output, timeout=WAIT_S)
+    await screen.wait_for(PROMPT)
+    await terminal.detach()

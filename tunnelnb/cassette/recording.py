@@ -166,6 +166,10 @@ class RecordingAPI(PlatformBackend):
 
     replaying = False
 
+    @property
+    def recording_frames(self) -> bool:  # type: ignore[override]
+        return self.rec.active
+
     def __init__(
         self,
         inner: PlatformBackend,

@@ -174,6 +174,7 @@ class ReplayAPI(PlatformBackend):
     """
 
     replaying = True
+    recording_frames = False
 
     def __init__(
         self,

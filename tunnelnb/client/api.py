@@ -54,6 +54,7 @@ class PlatformAPI(PlatformBackend):
     """
 
     replaying = False
+    recording_frames = False
 
     def __init__(
         self,

@@ -43,6 +43,9 @@ class PlatformBackend(Protocol):
     project_id: str | None
     #: True for a backend that plays recorded traffic back: it needs no passwords.
     replaying: bool
+    #: True while the backend writes every tunnel message down (a cassette recording): an interactive
+    #: terminal's keys, a password typed at a ``sudo`` prompt included, would be in it.
+    recording_frames: bool
 
     async def list_devices(self) -> list[dict[str, Any]]:
         """Every device of the project (ListDevices, all pages)."""

@@ -118,6 +118,7 @@ class HuaweiCloudAPI(PlatformBackend):
     """
 
     replaying = False
+    recording_frames = False
 
     def __init__(
         self,

@@ -51,6 +51,12 @@ async def open_terminal(
     ``on_output(data)`` gets the device's terminal output as bytes; ``on_note(text)``
     one line when the link is lost, comes back or the terminal ends.
     """
+    if fleet.api.recording_frames:
+        raise TerminalError(
+            "a cassette recording is on (%tunnel record): it would keep every key typed in the terminal, "
+            "passwords at prompts included; stop it first (%tunnel record --stop)",
+            "error",
+        )
     try:
         ids = fleet.select([device_id]) if device_id else []
     except TargetError as exc:
