@@ -340,8 +340,13 @@ class Fleet:
     ) -> Results:
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        limit = asyncio.Semaphore(self.concurrency if concurrency is None else concurrency)
-        if batch is None and max_errors is None and canary is None:
+        width = self.concurrency if concurrency is None else concurrency
+        limit = asyncio.Semaphore(width)
+        plain = batch is None and max_errors is None and canary is None
+        # More devices than slots: the next `width` open their tunnels while earlier ones work (pool.py's
+        # "opened ahead").  Not in a rolling run: a device it may skip must not be contacted.
+        ahead = asyncio.Semaphore(2 * width) if plain and len(ids) > width else None
+        if plain:
             # Devices already logged in go first, so a run larger than the session pool
             # uses their sessions before newcomers evict them.  A rolling run keeps the
             # targets' order: its canaries and batches are the ones the user listed.
@@ -380,13 +385,21 @@ class Fleet:
             if on_result is not None:
                 on_result(row)
 
+        async def one_ahead(device_id: str) -> None:
+            assert ahead is not None
+            async with ahead:  # at most `width` devices wait for a slot with their tunnels opening
+                self._pool.open_ahead(device_id, job.timeout)
+                await one(device_id)
+
+        start = one if ahead is None else one_ahead
+
         tasks: list[asyncio.Task[None]] = []
         try:
             for _ in range(len(plan.batches) + 1):  # each wave ends a batch, or the run
                 wave = plan.ready()
                 if not wave:
                     break
-                tasks = [asyncio.create_task(one(d), name=f"tunnelnb-run-{d}") for d in wave]
+                tasks = [asyncio.create_task(start(d), name=f"tunnelnb-run-{d}") for d in wave]
                 await asyncio.gather(*tasks)
         except BaseException:  # cancelled, or a strict replay that left its cassette: stop every device
             for task in tasks:
@@ -394,6 +407,9 @@ class Fleet:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._record(job, ids, rows, started_at)
             raise
+        finally:
+            if ahead is not None:
+                await self._pool.drop_ahead(ids)  # opened for a device that never got its turn (cancelled)
         for device_id in plan.not_started():
             rows[device_id] = skipped = partial_row(
                 device_id, job.label, ResultStatus.SKIPPED, plan.skip_reason, None, started_at
@@ -511,7 +527,9 @@ class Fleet:
         """Close sessions (all of them, and whatever the fleet started, when ``targets`` is None)."""
         if targets is None:
             await jobs.stop_jobs(self)  # their devices' rows say cancelled, not disconnected
-        sessions = self._pool.detach(None if targets is None else self.select(targets))
+        chosen = None if targets is None else self.select(targets)
+        await self._pool.drop_ahead(chosen)
+        sessions = self._pool.detach(chosen)
         limit = asyncio.Semaphore(min(self.concurrency, DEFAULT_MAX_SESSIONS))
 
         async def close_one(session: DeviceSession) -> None:
