@@ -506,6 +506,8 @@ class _TunnelnbClient:
             "connect_s": t1 - t0,
             "ok": int(len(df) - len(bad)),
             "failures": [f"{count} x {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])][:3],
+            # Each device's own login time (bench/wan.py takes the device's SSH login out of it).
+            "durations": {r.device_id: r.duration_s for r in df.itertuples() if r.status == "ok"},
         }
 
     async def run(self, command: str) -> tuple[float, int, list[str]]:

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/relay.py [--samples 300] [--mbytes 20] [--repeats 3] [--quick]
                                     [--quirks none|c-sdk|c-sdk-1.1|csharp-sdk] [--json PATH] [--profile]
+                                    [--stages]
 
 Everything runs in one process, on one event loop, on loopback:
 
@@ -29,7 +30,8 @@ A reference that is not a target is printed too: the SSH + PTY shell part alone 
 asyncssh client typing the same framed commands into the same SSH server), i.e. what is
 left when platform, agent, WebSockets and tunnelnb's framing are taken away.
 ``--profile`` adds cProfile listings (own time by component, then by function) of one
-more batch of each measurement, taken after the timed runs.
+more batch of each measurement, taken after the timed runs; ``--stages`` a table of where
+a trivial command's round trip goes, stage by stage (:mod:`stages`), also after them.
 
 Targets, against the bare relay floor (the first issue): trivial-command round trip ≤ 3x
 the floor; the 20 MB output at ≥ 50 % of the floor's throughput.  Against the floor plus the
@@ -74,6 +76,9 @@ from tunnelnb.protocol.shell import command_script, new_marker_id, setup_script
 from tunnelnb.server.agent import QUIRKS, Agent
 from tunnelnb.server.platform import Platform, Side
 from tunnelnb.server.sshserver import ShellServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stages  # bench/stages.py, beside this script
 
 LATENCY_TARGET = 3.0  # tunnelnb round trip ≤ 3x the floor's
 THROUGHPUT_TARGET = 0.50  # tunnelnb throughput ≥ 50 % of the floor's
@@ -633,6 +638,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"ssh-only {tput['ssh'][-1]:.1f} MB/s"
             )
 
+        stage_us: dict[str, float] = {}
+        if args.stages:
+            log("timing the stages of a trivial command (after the measurements; not part of the numbers)")
+            stage_us = await stages.measure(tnb, args.samples)
+
         profiles = ""
         if args.profile:
             log("profiling (after the measurements; not part of the numbers)")
@@ -744,6 +754,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "output_cpu_s": cpu,
         },
         "profiles": profiles,
+        "stages_us": stage_us,
         "wall_s": time.perf_counter() - started,
     }
 
@@ -808,6 +819,14 @@ def report(result: dict[str, Any]) -> str:
         f"aiohttp {m['aiohttp']}, asyncssh {m['asyncssh']}, {m['os']}, event loop {m['event_loop']}. "
         f"Wall time {result['wall_s']:.0f} s.",
     ]
+    if result["stages_us"]:
+        out += [
+            "",
+            f"### Where a trivial command's round trip goes (`--stages`: medians of {cfg['samples']} commands, "
+            "bench/stages.py)",
+            "",
+            stages.markdown(result["stages_us"], floor_p50 * 1000, ref["ssh_p50_ms"] * 1000),
+        ]
     if result["profiles"]:
         out += ["", result["profiles"].rstrip()]
     return "\n".join(out)
@@ -828,6 +847,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--profile", action="store_true", help="after measuring, cProfile one more batch of each")
     p.add_argument("--profile-top", type=int, default=25, help="rows per cProfile listing (default 25)")
+    p.add_argument("--stages", action="store_true", help="after measuring, time a trivial command's stages")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     samples, mbytes, repeats = QUICK_RUN if args.quick else FULL_RUN

@@ -57,8 +57,10 @@ With a = the application's RTT and d = a device's, a tunnelnb login cannot take 
 
 Login minimum = max(2a, a + d) + 2(a + d): 0.570 s at 40/150 ms (the sum of every step's
 own round trips, 4.5a + 3.5d, would be 0.705 s: 3 overlaps 1-2).  With logins ``c`` at a
-time, each slot logs in its devices one after the other: ceil(N / c) times that (5.7 s for
-1,000 devices 100 at a time).
+time, each slot logs in its devices one after the other; a device's tunnel is opened (steps
+1-3) while the device before it in the slot logs in (tunnelnb's fleet opens the next ``c``
+tunnels ahead), so only the first join counts: max(2a, a + d) + ceil(N / c) x 2(a + d)
+(3.99 s for 1,000 devices 100 at a time).
 A run on logged-in devices: one application ↔ device round trip, a + d (0.190 s), plus the
 command's own time (taken as 0 for ``echo ok``).  Devices run in parallel, so N does not
 change the minimum: CPU does, and the ratio shows it (2 cores run the client, the platform,
@@ -80,6 +82,7 @@ import argparse
 import json
 import math
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -127,10 +130,14 @@ def join_minimum_s(app_rtt: float, device_rtt: float) -> float:
 
 
 def login_minimum_s(app_rtt: float, device_rtt: float, devices: int = 1, concurrency: int | None = None) -> float:
-    """The least time ``devices`` logins can take, ``concurrency`` at a time (default: all at once)."""
-    per_device = join_minimum_s(app_rtt, device_rtt) + 2 * (app_rtt + device_rtt)
+    """The least time ``devices`` logins can take, ``concurrency`` at a time (default: all at once).
+
+    The first devices join, then log in (``connect``, the first command: 2(a + d));
+    the devices after them have joined their tunnels meanwhile (opened ahead), so
+    each later login in a slot costs only its 2(a + d).
+    """
     waves = math.ceil(devices / concurrency) if concurrency else 1
-    return waves * per_device
+    return join_minimum_s(app_rtt, device_rtt) + waves * 2 * (app_rtt + device_rtt)
 
 
 def run_minimum_s(app_rtt: float, device_rtt: float, command_s: float = 0.0) -> float:
@@ -155,6 +162,58 @@ def _write(out: Any, obj: dict[str, Any]) -> None:
     out.write(json.dumps(obj) + "\n")
 
 
+#: a command's end marker as the shell prints it (tunnelnb.protocol.shell.command_script), not as typed ("%s_%d")
+END_MARKER = re.compile(r"__TNB_E_\w+_\d+__")
+
+
+class DeviceLogins:
+    """How long each device took over its own part of a login, seen at the platform.
+
+    Two waits, each less the device's RTT ``d``: ``connect`` relayed to the device → its
+    ``connect_response`` (the agent, quirks ``none``, answers once its SSH login is done
+    and the shell's channel is open), and the first ``command`` after it (the login's
+    no-op) → the output with its end marker (the shell has started and answered; what a
+    shell prints as it starts, a prompt, comes earlier).  That
+    is SSH and a shell start on the device, which the protocol's minimum takes as free
+    and which here 2 cores do for every simulated device at once.  It wraps the
+    platform's ``_route``, as bench/relay.py counts frames.
+    """
+
+    def __init__(self, platform: Any, device_rtt: float) -> None:
+        from tunnelnb.protocol.frames import Op
+        from tunnelnb.server.platform.model import Side
+
+        self._d = device_rtt
+        self._waits: dict[str, list[float]] = {}  # device id → [connect sent, its answer, command sent]
+        self._done: dict[str, float] = {}
+        original = platform._route
+
+        async def timing(tunnel: Any, conn: Any, frame: Any, text: str) -> None:
+            op, device_id, now = frame.op, tunnel.device_id, time.perf_counter()
+            waits = self._waits.get(device_id)
+            if conn.side is Side.SOURCE:
+                if op is Op.CONNECT and waits is None and device_id not in self._done:
+                    self._waits[device_id] = [now]
+                elif op is Op.COMMAND and waits is not None and len(waits) == 2:
+                    waits.append(now)
+            elif waits is not None:
+                if op is Op.CONNECT_RESPONSE and len(waits) == 1:
+                    waits.append(now)
+                elif op is Op.COMMAND_RESPONSE and len(waits) == 3 and END_MARKER.search(text):
+                    del self._waits[device_id]
+                    connect, answered, command = waits
+                    self._done[device_id] = max(0.0, answered - connect - self._d) + max(0.0, now - command - self._d)
+            await original(tunnel, conn, frame, text)
+
+        platform._route = timing
+
+    def take(self) -> dict[str, float]:
+        """The devices' own login seconds by device id, for the logins completed since the last call."""
+        done, self._done = self._done, {}
+        self._waits.clear()
+        return done
+
+
 async def _devices(config: dict[str, Any], out: Any) -> int:
     """The platform, then (once told the device proxy's address) the simulated fleet behind it."""
     from urllib.parse import urlsplit
@@ -170,6 +229,7 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
     n = config["n"]
     limits = {"max_pending_connections": max(1024, 4 * n), "max_pending_per_address": max(256, 4 * n)}
     platform = Platform(project_id="bench", api_token=secrets.token_urlsafe(24), max_tunnels=max(1000, 2 * n), **limits)
+    logins = DeviceLogins(platform, config["device_rtt"])
     await platform.start()
     lines = await _stdin_lines()
     sim: Any = None
@@ -207,7 +267,7 @@ async def _devices(config: dict[str, Any], out: Any) -> int:
         while line := await lines.readline():
             if json.loads(line)["op"] == "stop":
                 break
-            _write(out, {"cpu_s": usage(), "log_counts": digest.counts})
+            _write(out, {"cpu_s": usage(), "log_counts": digest.counts, "device_logins": logins.take()})
     finally:
         if sim is not None:
             await sim.stop()
@@ -274,6 +334,7 @@ def listen_overflows() -> int:
 class Orchestrator:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self._device_logins: dict[str, float] = {}  # from the devices' last usage answer
 
     def log(self, text: str) -> None:
         if not self.args.quiet:
@@ -296,7 +357,7 @@ class Orchestrator:
         try:
             network.receive(60)
             workers = args.sim_workers if n >= SIM_WORKERS_FROM else 1
-            devices = self._spawn("devices", {"n": n, "sandbox": args.sandbox, "workers": workers})
+            devices = self._spawn("devices", {"n": n, "sandbox": args.sandbox, "workers": workers, "device_rtt": d})
             platform_port = devices.receive(120)["platform_port"]
             [device_port] = network.request({"op": "proxy", "ports": [platform_port], "delay": d / 2}, 60)["ports"]
             info = devices.request({"device_url": f"http://127.0.0.1:{device_port}"}, 1800)
@@ -335,13 +396,16 @@ class Orchestrator:
             last = now
 
     def _usage(self, devices: Child, network: Child) -> tuple[float, float]:
-        return devices.request({"op": "usage"}, 300)["cpu_s"], network.request({"op": "usage"}, 300)["cpu_s"]
+        usage = devices.request({"op": "usage"}, 300)
+        self._device_logins = usage.get("device_logins", {})
+        return usage["cpu_s"], network.request({"op": "usage"}, 300)["cpu_s"]
 
     def _timed(self, client: Child, request: dict[str, Any], devices: Child, network: Child, timeout: float) -> Any:
         before, overflows = self._usage(devices, network), listen_overflows()
         answer = client.request(request, timeout)
         after = self._usage(devices, network)
         answer["devices_cpu_s"], answer["network_cpu_s"] = (y - x for x, y in zip(before, after, strict=True))
+        answer["device_logins"] = self._device_logins
         answer["listen_overflows"] = listen_overflows() - overflows
         return answer
 
@@ -423,6 +487,7 @@ def summarize(size: dict[str, Any], args: argparse.Namespace, machine: dict[str,
             row[f"{key}unavailable"] = rec["unavailable"]
         if v == "tunnelnb":
             row["connect_s"] = login.get("connect_s")
+            row.update(device_share(login, a, d))
     row["login_minimum_s"] = login_minimum_s(a, d, n, concurrency)
     row["run_minimum_s"] = run_minimum_s(a, d)
     row["login_ratio"] = _div(row.get("login_s"), row["login_minimum_s"])
@@ -435,6 +500,29 @@ def summarize(size: dict[str, Any], args: argparse.Namespace, machine: dict[str,
     row["devices_start_s"], row["sim_workers"] = size["devices_up"]["start_s"], size["devices_up"]["workers"]
     row["machine"] = machine
     return row
+
+
+def device_share(login: dict[str, Any], a: float, d: float) -> dict[str, Any]:
+    """Each device's login split into the device's own SSH login (see :class:`DeviceLogins`) and the rest.
+
+    ``device_own_login_s``: what the devices spent logging in to their SSH servers
+    and starting their shells (the two waits of :class:`DeviceLogins`);
+    ``login_less_devices_s``: each device's login less that, against the
+    protocol's minimum for one device.  Medians and maxima over the devices timed on
+    both ends; empty without both.
+    """
+    durations, own = login.get("durations") or {}, login.get("device_logins") or {}
+    both = [i for i in durations if i in own]
+    if not both:
+        return {}
+    mine = [own[i] for i in both]
+    rest = [durations[i] - own[i] for i in both]
+    minimum = login_minimum_s(a, d)
+    return {
+        "device_own_login_s": {"median": statistics.median(mine), "max": max(mine)},
+        "login_less_devices_s": {"median": statistics.median(rest), "max": max(rest), "devices": len(both)},
+        "login_less_devices_ratio": max(rest) / minimum,
+    }
 
 
 def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -471,8 +559,8 @@ def report(rows: list[dict[str, Any]]) -> str:
         markdown(rows),
         "",
         "Minimum: the protocol's round trips that cannot overlap (bench/wan.py's docstring): login max(2a, a + d) + "
-        f"2(a + d) per device, ceil(N / {concurrency:,}) logins one after the other (tunnelnb logs in {concurrency:,} "
-        f"at a time); run a + d. Run: median of {r0['repeats']} `{COMMAND}` on all N at once after one untimed "
+        f"ceil(N / {concurrency:,}) x 2(a + d) (tunnelnb logs in {concurrency:,} at a time, the next devices' tunnels "
+        f"joined meanwhile); run a + d. Run: median of {r0['repeats']} `{COMMAND}` on all N at once after one untimed "
         f"warm-up ({r0['baseline_repeats']} without warm-up for parallel-ssh, whose every run opens exec channels). "
         "asyncssh: direct SSH over a proxy with both RTTs, `asyncssh.connect` + one PTY shell per device, all at once "
         "(login), commands typed with tunnelnb's framing (run). parallel-ssh: `connect_auth` (login), `run_command` "
@@ -502,6 +590,17 @@ def report(rows: list[dict[str, Any]]) -> str:
                 out.append(f"  - {label}: {err}")
             if r.get(f"{key}unavailable"):
                 out.append(f"  - {label}: not available ({r[f'{key}unavailable']})")
+        own, rest = r.get("device_own_login_s"), r.get("login_less_devices_s")
+        if own and rest:
+            per_device = login_minimum_s(r["app_rtt_ms"] / 1000, r["device_rtt_ms"] / 1000)
+            out.append(
+                f"- N = {r['devices']:,}, where tunnelnb's login time goes: the devices' own SSH login and shell "
+                f"start (at the platform: `connect` → `connect_response` and the first command → its end marker, each "
+                f"less the device RTT) median "
+                f"{own['median']:.3f} s, max {own['max']:.3f} s; each device's login less its own: median "
+                f"{rest['median']:.3f} s, max {rest['max']:.3f} s, against the minimum of {per_device:.3f} s per "
+                f"device ({r['login_less_devices_ratio']:.2f}x; {rest['devices']:,} devices timed on both ends)"
+            )
         if r.get("connect_s") is not None:
             out.append(
                 f"- N = {r['devices']:,}: tunnelnb.connect() (ListDevices pages) took {r['connect_s']:.2f} s "

@@ -42,11 +42,12 @@ def test_login_minimum_overlaps_the_device_join_with_the_application_side() -> N
     assert wan.login_minimum_s(0.0, 0.0) == 0.0
 
 
-def test_login_minimum_counts_one_login_per_slot_after_another() -> None:
+def test_login_minimum_counts_one_login_per_slot_after_another_their_tunnels_joined_ahead() -> None:
     assert wan.login_minimum_s(0.040, 0.150, devices=1000) == pytest.approx(0.570, abs=1e-12)
     assert wan.login_minimum_s(0.040, 0.150, devices=1000, concurrency=1000) == pytest.approx(0.570, abs=1e-12)
-    assert wan.login_minimum_s(0.040, 0.150, devices=1000, concurrency=100) == pytest.approx(5.700, abs=1e-12)
-    assert wan.login_minimum_s(0.040, 0.150, devices=101, concurrency=100) == pytest.approx(1.140, abs=1e-12)
+    # One join (0.190 s), then ten logins of 2(a + d) = 0.380 s per slot.
+    assert wan.login_minimum_s(0.040, 0.150, devices=1000, concurrency=100) == pytest.approx(3.990, abs=1e-12)
+    assert wan.login_minimum_s(0.040, 0.150, devices=101, concurrency=100) == pytest.approx(0.950, abs=1e-12)
 
 
 def test_run_minimum_is_one_application_to_device_round_trip() -> None:
@@ -127,15 +128,70 @@ def test_summary_row_has_the_figures_the_minimum_and_the_ratios() -> None:
     assert row["cpu_s"]["run"] == {"client": 0.1, "devices": 0.2, "network": 0.05}
     assert (row["login_concurrency"], row["pssh_pool_size"], row["connect_s"]) == (10, 100, 0.3)
     assert (row["repeats"], row["baseline_repeats"], row["sim_workers"]) == (3, 1, 1)
-    # 250 devices, 100 at a time: three logins one after the other per slot.
+    # 250 devices, 100 at a time: three logins one after the other per slot, the later ones joined ahead.
     wide = wan.summarize(size | {"n": 250}, args, {"nproc": 2})
-    assert wide["login_minimum_s"] == pytest.approx(1.710, abs=1e-12)
+    assert wide["login_minimum_s"] == pytest.approx(1.330, abs=1e-12)
     assert wide["login_concurrency"] == 100
     table = wan.markdown([row])
     assert (
         "| 10 | 40 / 150 | 1.140 | 0.570 | 2.00x | 0.380 | 0.190 | 2.00x | 2.280 | 0.190 | 0.50x, 2.00x | n/a | n/a |"
         in (table)
     )
+
+
+# ---------------------------------------------------------------------------
+# Where a login's time goes (pure: fake frames through the platform's wrapped _route)
+
+
+class _Platform:
+    def __init__(self) -> None:
+        self.routed: list[Any] = []
+
+    async def _route(self, tunnel: Any, conn: Any, frame: Any, text: str) -> None:
+        self.routed.append(frame.op)
+
+
+def test_device_logins_time_connect_and_the_first_command_up_to_its_end_marker(monkeypatch) -> None:
+    import asyncio
+    from types import SimpleNamespace as NS
+
+    from tunnelnb.protocol.frames import Op
+    from tunnelnb.server.platform.model import Side
+
+    clock = iter([10.0, 10.5, 10.6, 10.7, 11.4, 20.0])
+    monkeypatch.setattr(wan.time, "perf_counter", lambda: next(clock))
+    platform = _Platform()
+    logins = wan.DeviceLogins(platform, device_rtt=0.1)
+    tunnel, app, dev = NS(device_id="d1"), NS(side=Side.SOURCE), NS(side=Side.DEVICE)
+
+    async def feed() -> None:
+        await platform._route(tunnel, app, NS(op=Op.CONNECT), "")  # 10.0
+        await platform._route(tunnel, dev, NS(op=Op.CONNECT_RESPONSE), "")  # 10.5: 0.4 s less the RTT
+        await platform._route(tunnel, app, NS(op=Op.COMMAND), "")  # 10.6
+        await platform._route(tunnel, dev, NS(op=Op.COMMAND_RESPONSE), "$ ")  # 10.7: a prompt, not the answer
+        await platform._route(tunnel, dev, NS(op=Op.COMMAND_RESPONSE), "__TNB_E_ab12x1_0__\r\n")  # 11.4: 0.7 s
+        await platform._route(tunnel, app, NS(op=Op.CONNECT), "")  # 20.0: a second connect is not timed
+
+    asyncio.run(feed())
+    assert platform.routed == [
+        Op.CONNECT,
+        Op.CONNECT_RESPONSE,
+        Op.COMMAND,
+        Op.COMMAND_RESPONSE,
+        Op.COMMAND_RESPONSE,
+        Op.CONNECT,
+    ]  # every frame still routed
+    assert logins.take() == {"d1": pytest.approx(0.4 + 0.7, abs=1e-9)}
+    assert logins.take() == {}
+
+
+def test_device_share_takes_each_device_s_own_login_out_of_its_login() -> None:
+    login = {"durations": {"a": 2.0, "b": 2.5, "c": 1.0}, "device_logins": {"a": 1.4, "b": 1.8}}
+    share = wan.device_share(login, 0.040, 0.150)
+    assert share["device_own_login_s"] == {"median": pytest.approx(1.6), "max": pytest.approx(1.8)}
+    assert share["login_less_devices_s"] == {"median": pytest.approx(0.65), "max": pytest.approx(0.7), "devices": 2}
+    assert share["login_less_devices_ratio"] == pytest.approx(0.7 / 0.570)
+    assert wan.device_share({"durations": {"a": 1.0}}, 0.04, 0.15) == {}
 
 
 # ---------------------------------------------------------------------------
@@ -160,3 +216,9 @@ def test_a_small_run_logs_in_and_runs_through_the_proxies(tmp_path: Path) -> Non
     assert row["login_ratio"] == row["login_s"] / row["login_minimum_s"]
     assert "pssh_login_s" not in row
     assert "| 2 | 10 / 20 |" in proc.stdout
+    # Each login split at the platform into the device's own SSH login and the rest: both devices timed.
+    own, rest = row["device_own_login_s"], row["login_less_devices_s"]
+    assert rest["devices"] == 2
+    assert 0 <= own["median"] <= own["max"] < row["login_s"]
+    assert 0 < rest["median"] <= rest["max"] <= row["login_s"]
+    assert "where tunnelnb's login time goes" in proc.stdout
