@@ -198,3 +198,14 @@ async def test_a_bug_on_one_device_costs_its_row_and_the_next_run_starts_afresh(
     assert fleet.session("device-01") is None  # closed: the next run opens a new one
     again = await fleet.run("echo hi", "device-01", timeout=10)
     assert (again.df.status[0], again.df.stdout[0]) == ("ok", "hi\n")
+
+
+async def test_a_run_updates_what_the_inventory_says_of_each_device(api, devices: Devices, fleet: Fleet):
+    """A device found offline (or back) by a run shows so in fleet.devices() until the next refresh."""
+    before = dict(zip(fleet.devices().device_id, fleet.devices().status, strict=True))
+    assert (before["device-01"], before["device-06"]) == ("ONLINE", "OFFLINE")
+    await devices.agents[0].stop()  # device-01's agent: the platform lists it OFFLINE from now on
+    res = await fleet.run("echo hi", "device-0[1-2]", timeout=10)
+    assert list(res.df.status) == ["offline", "ok"]
+    after = dict(zip(fleet.devices().device_id, fleet.devices().status, strict=True))
+    assert after == before | {"device-01": "OFFLINE"}

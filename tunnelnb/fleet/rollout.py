@@ -151,6 +151,8 @@ class Rollout:
         batches += [rest[i : i + size] for i in range(0, len(rest), max(size, 1))]
         self.batches: tuple[tuple[str, ...], ...] = tuple(tuple(b) for b in batches)
         self._batch_of = {d: n for n, b in enumerate(self.batches) for d in b}
+        self._left = [len(b) for b in self.batches]  # devices of each batch not finished yet
+        self._open = 0  # the first batch with one left (len(batches): all done); a scan per call was O(N²)
         self.started: set[str] = set()
         self.finished: dict[str, str] = {}  # device id → status
         self.failed: list[str] = []  # in the order they finished
@@ -184,10 +186,7 @@ class Rollout:
 
     def _current(self) -> int | None:
         """The first batch with a device not finished yet (None: all done)."""
-        for n, batch in enumerate(self.batches):
-            if any(d not in self.finished for d in batch):
-                return n
-        return None
+        return self._open if self._open < len(self.batches) else None
 
     def ready(self) -> list[str]:
         """The devices that may start now, in order: the current batch's not yet started; none once stopped."""
@@ -215,6 +214,9 @@ class Rollout:
         if device_id not in self.started or device_id in self.finished:
             raise ValueError(f"{device_id} is not running: start() it before finish()")
         self.finished[device_id] = status
+        self._left[self._batch_of[device_id]] -= 1
+        while self._open < len(self.batches) and self._left[self._open] == 0:
+            self._open += 1
         if status != ResultStatus.OK:
             self.failed.append(device_id)
 

@@ -88,7 +88,11 @@ def _needs_encoding(command: str) -> bool:
         if len(line.encode("utf-8", "surrogatepass")) >= MAX_TYPED_LINE:
             return True
     # Control characters are line-editing keys to a terminal (^C, ^U, ^W, DEL, tab completion…).
-    return any((ord(c) < 32 and c != "\n") or c == "\x7f" for c in command)
+    return _CONTROL_KEYS.search(command) is not None
+
+
+#: Every control character but the newline, and DEL (one regex search, not a Python loop per character).
+_CONTROL_KEYS = re.compile("[\x00-\x09\x0b-\x1f\x7f]")
 
 
 #: Room left on a typed line for what a script puts before the ``eval`` (``{ ``, ``{ { ``).
