@@ -60,7 +60,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 # Short runs of every benchmark (each under about a minute on 2 cores; bench/README.md has the full ones).
 bench: $(BENCH_STAMP)
-	$(BIN)/python bench/relay.py --quick
+	$(BIN)/python bench/relay.py --quick --stages
 	$(BIN)/python bench/fanout.py --quick
 	$(BIN)/python bench/wan.py --quick
 	$(BIN)/python bench/devices_mqtt.py --quick

@@ -20,7 +20,8 @@ SSH + PTY + shell     typed → the first output back in the agent (the SSH serv
 agent: frame          output → its ``command_response`` frame being sent
 agent → platform      sent → the platform routes it
 platform → app        routed → the application reads it
-application end       read → ``run()`` returns its result (marker parsing, the row)
+application end       read → ``run()`` returns its result (marker parsing, the row; and the rest
+                      of the output, when the shell's reply came in two reads)
 ====================  ===================================================================
 """
 
@@ -51,7 +52,7 @@ STAGES = [
     ("agent: output → frame sent", "agent_sending"),
     ("agent → platform", "platform_down"),
     ("platform → application", "app_read"),
-    ("application: output → result", "app_done"),
+    ("application: first output → result", "app_done"),
 ]
 #: the stages that "SSH alone" in bench/relay.py also does (an asyncssh client typing into the same server)
 SSH_STAGES = {"agent: SSH encrypt and send", "SSH server + PTY + shell + SSH client"}
