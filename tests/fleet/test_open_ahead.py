@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import SSH_PASSWORD, SSH_USER, Devices
 from tunnelnb.client.session import DeviceSession
+from tunnelnb.errors import FleetSizeWarning
 from tunnelnb.fleet.fleet import Fleet
 
 IDS = [f"device-0{i}" for i in range(1, 7)]
@@ -127,3 +128,22 @@ async def test_a_rolling_run_contacts_no_device_it_may_skip(six: Fleet, monkeypa
     res = await six.run("false", "*", timeout=20, canary=1)
     assert list(res.df.status) == ["error"] + ["skipped"] * 5
     assert [d for kind, d in events.log if kind == "joined"] == ["device-01"]
+
+
+async def test_the_tenants_tunnel_limit_reached_by_tunnels_opened_ahead_costs_no_row(
+    api, platform, devices: Devices, ssh_server, monkeypatch
+):
+    for device_id in IDS:
+        await devices.add(device_id, ssh_port=ssh_server.port)
+    platform.max_tunnels = 3  # the pool's 2 sessions + 1: opening 2 more ahead hits the limit
+    events = _Events(monkeypatch)
+    fleet = Fleet(api, login=(SSH_USER, SSH_PASSWORD), concurrency=2, max_sessions=2)
+    await fleet.refresh()
+    try:
+        with pytest.warns(FleetSizeWarning):
+            res = await fleet.run("echo hi", "*", timeout=20)
+        assert list(res.df.status) == ["ok"] * 6, res.df[["device_id", "status", "error"]]
+        assert set(res.df.stdout) == {"hi\n"}
+        assert sorted({d for kind, d in events.log if kind == "joined"}) == IDS
+    finally:
+        await fleet.close("*")

@@ -123,7 +123,7 @@ class Fleet:
         self._inventory = await self.api.list_devices()
         self._entries = {}
         for record in self._inventory:
-            self._entries.setdefault(record.get("device_id"), []).append(record)
+            self._entries.setdefault(str(record.get("device_id")), []).append(record)
         self._changed(None)
         return self.devices()
 
@@ -392,7 +392,7 @@ class Fleet:
         async def one_ahead(device_id: str) -> None:
             assert ahead is not None
             async with ahead:  # at most `width` devices wait for a slot with their tunnels opening
-                self._pool.open_ahead(device_id, job.timeout)
+                self._pool.open_ahead(device_id, job.timeout, most=min(width, self._pool.max_sessions))
                 await one(device_id)
 
         start = one if ahead is None else one_ahead

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 
 from ..client.session import DeviceSession
+from ..errors import DeviceOffline
 
 __all__ = ["SessionPool"]
 
@@ -60,7 +61,7 @@ class SessionPool:
         evicted: DeviceSession | None = None
         opening = self._ahead.pop(device_id, None)
         if opening is not None:
-            return await self._take_ahead(device_id, opening)
+            return await self._take_ahead(device_id, opening, timeout)
         async with self._changed:
             while True:
                 if device_id in self._busy:
@@ -95,12 +96,14 @@ class SessionPool:
             raise
         return session
 
-    def open_ahead(self, device_id: str, timeout: float) -> None:
+    def open_ahead(self, device_id: str, timeout: float, *, most: int) -> None:
         """Start opening ``device_id``'s tunnel now, for its :meth:`acquire` to take over (see the module's doc).
 
-        Nothing happens when the device has a session already (in the pool or opening).
+        Nothing happens when the device has a session already (in the pool or opening),
+        or ``most`` sessions are opening ahead already: together with the pool's, the
+        tunnels stay within what the tenant allows (IoTDA: 1,000).
         """
-        if device_id in self._ahead or device_id in self._sessions:
+        if device_id in self._ahead or device_id in self._sessions or len(self._ahead) >= most:
             return
         session = self._make(device_id)
 
@@ -117,14 +120,23 @@ class SessionPool:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved by acquire, or dropped
         self._ahead[device_id] = task
 
-    async def _take_ahead(self, device_id: str, opening: asyncio.Task[DeviceSession]) -> DeviceSession:
-        """:meth:`acquire` of a device whose session was opening ahead: its outcome, then a place in the pool."""
+    async def _take_ahead(self, device_id: str, opening: asyncio.Task[DeviceSession], timeout: float) -> DeviceSession:
+        """:meth:`acquire` of a device whose session was opening ahead: its outcome, then a place in the pool.
+
+        An offline device (or one that never joined) is that, as it would be now; any
+        other failure (the tenant's tunnel limit, a refused WebSocket) is tried again
+        the ordinary way, so opening ahead never costs a device its row.
+        """
         try:
             session = await asyncio.shield(opening)
         except asyncio.CancelledError:
             if not opening.done():  # we were cancelled, not the opening: it must not outlive the run
                 opening.cancel()
             raise
+        except DeviceOffline:
+            raise
+        except Exception:
+            return await self.acquire(device_id, timeout)
         evicted: DeviceSession | None = None
         spare: DeviceSession | None = None
         try:
