@@ -39,7 +39,6 @@ from .devicerun import (
     FleetParts,
     OutputCallback,
     command_work,
-    run_device,
 )
 from .exitcodes import DEFAULT_OK_CODES, check_ok_codes
 from .logins import Logins
@@ -47,6 +46,7 @@ from .partial import Partial, partial_row
 from .pool import SessionPool
 from .results import Results
 from .rollout import Rollout
+from .schedule import start_devices
 from .tables import inventory_table, status_table
 from .targets import select_targets
 from .transfers import TransferResults
@@ -345,11 +345,7 @@ class Fleet:
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         width = self.concurrency if concurrency is None else concurrency
-        limit = asyncio.Semaphore(width)
         plain = batch is None and max_errors is None and canary is None
-        # More devices than slots: the next `width` open their tunnels while earlier ones work (pool.py's
-        # "opened ahead").  Not in a rolling run: a device it may skip must not be contacted.
-        ahead = asyncio.Semaphore(2 * width) if plain and len(ids) > width else None
         if plain:
             # Devices already logged in go first, so a run larger than the session pool
             # uses their sessions before newcomers evict them.  A rolling run keeps the
@@ -378,42 +374,14 @@ class Fleet:
             self._set_online,
             self.close,
         )
-
-        async def one(device_id: str) -> None:
-            async with limit:
-                if not plan.may_start(device_id):  # the budget ran out while it waited
-                    return
-                plan.start(device_id)
-                rows[device_id] = row = await run_device(parts, job, device_id)
-                plan.finish(device_id, row.status)
-            if on_result is not None:
-                on_result(row)
-
-        async def one_ahead(device_id: str) -> None:
-            assert ahead is not None
-            async with ahead:  # at most `width` devices wait for a slot with their tunnels opening
-                self._pool.open_ahead(device_id, job.timeout, most=min(width, self._pool.max_sessions))
-                await one(device_id)
-
-        start = one if ahead is None else one_ahead
-
-        tasks: list[asyncio.Task[None]] = []
+        # More devices than slots: the next ones open their tunnels while earlier ones work (pool.py's
+        # "opened ahead").  Not in a rolling run: a device it may skip must not be contacted.
+        ahead = plain and len(ids) > width
         try:
-            for _ in range(len(plan.batches) + 1):  # each wave ends a batch, or the run
-                wave = plan.ready()
-                if not wave:
-                    break
-                tasks = [asyncio.create_task(start(d), name=f"tunnelnb-run-{d}") for d in wave]
-                await asyncio.gather(*tasks)
-        except BaseException:  # cancelled, or a strict replay that left its cassette: stop every device
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await start_devices(parts, job, plan, width, rows, ahead=ahead, on_result=on_result)
+        except BaseException:  # cancelled, or a strict replay that left its cassette: the rows so far
             self._record(job, ids, rows, started_at)
             raise
-        finally:
-            if ahead is not None:
-                await self._pool.drop_ahead(ids)  # opened for a device that never got its turn (cancelled)
         for device_id in plan.not_started():
             rows[device_id] = skipped = partial_row(
                 device_id, job.label, ResultStatus.SKIPPED, plan.skip_reason, None, started_at
