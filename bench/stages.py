@@ -161,8 +161,9 @@ def markdown(stages: dict[str, float], floor_us: float, ssh_us: float) -> str:
         f"| **total** (median of the round trips, not the sum) | {stages['total']:.1f} | |",
         "",
         f"SSH's stages: {total(SSH_STAGES):.0f} µs (SSH alone measured {ssh_us:.0f} µs). The four WebSocket hops: "
-        f"{total(HOP_STAGES):.0f} µs, against {floor_us:.0f} µs for the bare relay floor's (theirs check and decode "
-        f"every frame). tunnelnb's work at the ends (framing, markers, the row): {own:.0f} µs. The p50 target "
-        f"(≤ 1.15x floor + SSH alone) leaves {0.15 * (floor_us + ssh_us):.0f} µs above floor + SSH for all of it.",
+        f"{total(HOP_STAGES):.0f} µs (each end checks and decodes every frame), against {floor_us:.0f} µs for the "
+        f"bare relay floor's four. tunnelnb's work at the ends (framing, markers, the row): {own:.0f} µs. The p50 "
+        f"target (≤ 1.15x floor + SSH alone) leaves {0.15 * (floor_us + ssh_us):.0f} µs above floor + SSH "
+        "for all of it.",
     ]
     return "\n".join(lines)

@@ -123,9 +123,10 @@ class SessionPool:
     async def _take_ahead(self, device_id: str, opening: asyncio.Task[DeviceSession], timeout: float) -> DeviceSession:
         """:meth:`acquire` of a device whose session was opening ahead: its outcome, then a place in the pool.
 
-        An offline device (or one that never joined) is that, as it would be now; any
-        other failure (the tenant's tunnel limit, a refused WebSocket) is tried again
-        the ordinary way, so opening ahead never costs a device its row.
+        An offline device (or one that never joined) gets that row at once, as found
+        while it waited (trying again would wait for a join twice); any other failure
+        (the tenant's tunnel limit, a refused WebSocket) is tried again the ordinary
+        way, so opening ahead never costs a device its row.
         """
         try:
             session = await asyncio.shield(opening)
