@@ -153,9 +153,11 @@ class Rollout:
         self._batch_of = {d: n for n, b in enumerate(self.batches) for d in b}
         self._left = [len(b) for b in self.batches]  # devices of each batch not finished yet
         self._open = 0  # the first batch with one left (len(batches): all done); a scan per call was O(N²)
+        self._skip_finished_batches()
         self.started: set[str] = set()
         self.finished: dict[str, str] = {}  # device id → status
         self.failed: list[str] = []  # in the order they finished
+        self._failed_canaries: list[str] = []  # kept by finish(): stop_reason is asked at every start
 
     @property
     def active(self) -> bool:
@@ -167,7 +169,7 @@ class Rollout:
     @property
     def stop_reason(self) -> str | None:
         """Why no new device may start (a canary failed, the budget is spent), or None."""
-        canaries = [d for d in self.failed if self._is_canary(d)]
+        canaries = self._failed_canaries
         if canaries:
             if len(canaries) == 1:
                 return f"the canary {canaries[0]} failed"
@@ -215,10 +217,15 @@ class Rollout:
             raise ValueError(f"{device_id} is not running: start() it before finish()")
         self.finished[device_id] = status
         self._left[self._batch_of[device_id]] -= 1
-        while self._open < len(self.batches) and self._left[self._open] == 0:
-            self._open += 1
+        self._skip_finished_batches()
         if status != ResultStatus.OK:
             self.failed.append(device_id)
+            if self._is_canary(device_id):
+                self._failed_canaries.append(device_id)
+
+    def _skip_finished_batches(self) -> None:
+        while self._open < len(self.batches) and self._left[self._open] == 0:
+            self._open += 1
 
     def not_started(self) -> list[str]:
         """The targets that have not started, in order (once the run is over: the ``skipped`` ones)."""
