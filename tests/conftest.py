@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tunnelnb.client.api import PlatformAPI
+from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.server.agent import Agent
 from tunnelnb.server.platform import Platform
 from tunnelnb.server.sshserver import ShellServer
@@ -78,9 +79,30 @@ class Devices:
         self.agents.append(agent)
         return agent
 
+    async def add_all(self, ids: Sequence[str], **agent_kwargs: Any) -> None:
+        """:meth:`add` each of ``ids``, in order (the platform lists them so)."""
+        for device_id in ids:
+            await self.add(device_id, **agent_kwargs)
+
     async def stop(self) -> None:
         for agent in self.agents:
             await agent.stop()
+
+
+def device_ids(count: int) -> list[str]:
+    """``device-01`` … ``device-NN``."""
+    return [f"device-{i:02d}" for i in range(1, count + 1)]
+
+
+@contextlib.asynccontextmanager
+async def open_fleet(api: PlatformAPI, **options: Any) -> AsyncIterator[Fleet]:
+    """A Fleet on the test platform with the test login, its inventory read; every session closed at the end."""
+    fleet = Fleet(api, login=(SSH_USER, SSH_PASSWORD), **options)
+    await fleet.refresh()
+    try:
+        yield fleet
+    finally:
+        await fleet.close("*")
 
 
 @pytest.fixture

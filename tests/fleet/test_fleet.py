@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import SSH_PASSWORD, SSH_USER, Devices
+from tests.conftest import SSH_PASSWORD, SSH_USER, Devices, device_ids, open_fleet
 from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import FleetSizeWarning, UnknownTargets
 from tunnelnb.fleet.fleet import Fleet
@@ -16,18 +16,15 @@ from tunnelnb.server.sshserver import ShellServer
 @pytest.fixture
 async def fleet(api, platform, devices: Devices, ssh_server, tmp_path):
     """Four good devices, one with another password, one offline."""
-    for i in range(1, 5):
-        await devices.add(f"device-0{i}", ssh_port=ssh_server.port)
+    await devices.add_all(device_ids(4), ssh_port=ssh_server.port)
     other = ShellServer(users={SSH_USER: "a-different-password"}, cwd=str(tmp_path))
     await other.start()
-    await devices.add("device-05", ssh_port=other.port)
-    platform.add_device("device-06", "never-online", tags={"role": "edge"})
-    f = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
-    await f.refresh()
     try:
-        yield f
+        await devices.add("device-05", ssh_port=other.port)
+        platform.add_device("device-06", "never-online", tags={"role": "edge"})
+        async with open_fleet(api) as f:
+            yield f
     finally:
-        await f.close("*")
         await other.stop()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SSH_PASSWORD, SSH_USER, Devices
+from tests.conftest import Devices, device_ids, open_fleet
 from tunnelnb.errors import TunnelnbError, UnknownTargets
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.fleet.jobs import Job, JobStillRunning, busy_devices, jobs_of, jobs_table, submit
@@ -22,14 +22,9 @@ GATE_WAIT_S = 60
 
 @pytest.fixture
 async def fleet(api, devices: Devices, ssh_server):
-    for i in range(1, 5):
-        await devices.add(f"device-0{i}", ssh_port=ssh_server.port)
-    f = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
-    await f.refresh()
-    try:
+    await devices.add_all(device_ids(4), ssh_port=ssh_server.port)
+    async with open_fleet(api) as f:
         yield f
-    finally:
-        await f.close("*")
 
 
 class Gate:

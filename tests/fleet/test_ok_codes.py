@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import SSH_PASSWORD, SSH_USER, Devices
+from tests.conftest import Devices, device_ids, open_fleet
 from tunnelnb.client.result import CommandResult, ResultStatus
 from tunnelnb.fleet.exitcodes import apply_ok_codes, check_ok_codes
 from tunnelnb.fleet.fleet import Fleet
@@ -43,15 +43,10 @@ def test_check_ok_codes() -> None:
 
 @pytest.fixture
 async def fleet(api, platform, devices: Devices, ssh_server):
-    for i in range(1, 3):
-        await devices.add(f"device-0{i}", ssh_port=ssh_server.port)
+    await devices.add_all(device_ids(2), ssh_port=ssh_server.port)
     platform.add_device("device-03", "never-online")
-    f = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
-    await f.refresh()
-    try:
+    async with open_fleet(api) as f:
         yield f
-    finally:
-        await f.close("*")
 
 
 async def test_grep_with_no_match_is_ok_with_ok_codes_and_told_apart_from_offline(fleet: Fleet):

@@ -7,27 +7,24 @@ order (which tunnels were open before which command ended), never about duration
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import SSH_PASSWORD, SSH_USER, Devices
+from tests.conftest import Devices, device_ids, open_fleet
+from tests.fleet.test_jobs import GATE_WAIT_S, Gate
 from tunnelnb.client.session import DeviceSession
 from tunnelnb.errors import FleetSizeWarning
 from tunnelnb.fleet.fleet import Fleet
 
-IDS = [f"device-0{i}" for i in range(1, 7)]
+IDS = device_ids(6)
 
 
 @pytest.fixture
 async def six(api, devices: Devices, ssh_server):
-    for device_id in IDS:
-        await devices.add(device_id, ssh_port=ssh_server.port)
-    fleet = Fleet(api, login=(SSH_USER, SSH_PASSWORD), concurrency=2)
-    await fleet.refresh()
-    try:
+    await devices.add_all(IDS, ssh_port=ssh_server.port)
+    async with open_fleet(api, concurrency=2) as fleet:
         yield fleet
-    finally:
-        await fleet.close("*")
 
 
 class _Events:
@@ -58,9 +55,22 @@ class _Events:
         return self.log[: self.log.index(event)]
 
 
-async def test_the_next_devices_join_while_the_first_ones_run(six: Fleet, monkeypatch):
+async def _until(condition: Callable[[], bool], events: _Events, bound_s: float = 10.0) -> None:
+    """Wait (bounded) until ``condition()`` holds of the events so far."""
+    for _ in range(int(bound_s / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"devices 03 and 04 never joined ahead: {events.log}")
+
+
+async def test_the_next_devices_join_while_the_first_ones_run(six: Fleet, monkeypatch, tmp_path):
     events = _Events(monkeypatch)
-    res = await six.run("sleep 1; echo done", "*", timeout=20)
+    gate = Gate(tmp_path)  # the first two hold their slots until devices 03 and 04 have joined
+    run = asyncio.create_task(six.run(gate.command("echo done"), "*", timeout=GATE_WAIT_S + 20))
+    await _until(lambda: {("joined", "device-03"), ("joined", "device-04")} <= set(events.log), events)
+    gate.open()
+    res = await run
     assert list(res.df.status) == ["ok"] * 6
     assert set(res.df.stdout) == {"done\n"}
     first_end = next(e for e in events.log if e[0] == "ran")
@@ -81,12 +91,9 @@ async def test_a_run_within_the_concurrency_opens_nothing_ahead(six: Fleet, monk
 
 
 async def test_an_offline_device_opened_ahead_gets_the_row_it_would_have(api, platform, devices, ssh_server):
-    for device_id in ("device-01", "device-02"):
-        await devices.add(device_id, ssh_port=ssh_server.port)
+    await devices.add_all(device_ids(2), ssh_port=ssh_server.port)
     platform.add_device("device-03", "never-online")
-    fleet = Fleet(api, login=(SSH_USER, SSH_PASSWORD), concurrency=1)
-    await fleet.refresh()
-    try:
+    async with open_fleet(api, concurrency=1) as fleet:
         res = await fleet.run("echo hi", "*", timeout=10)
         rows = res.df.set_index("device_id")
         assert list(rows.status) == ["ok", "ok", "offline"]
@@ -94,19 +101,12 @@ async def test_an_offline_device_opened_ahead_gets_the_row_it_would_have(api, pl
         alone = await fleet.run("echo hi", "device-03", timeout=10)  # no look-ahead: the same sentence
         assert alone.df.error[0] == rows.loc["device-03", "error"]
         assert fleet.session("device-03") is None
-    finally:
-        await fleet.close("*")
 
 
 async def test_a_cancelled_run_closes_the_tunnels_it_opened_ahead(six: Fleet, platform, monkeypatch):
     events = _Events(monkeypatch)
     task = asyncio.create_task(six.run("sleep 30", "*", timeout=60))
-    for _ in range(200):  # bounded: until the next two devices have joined
-        if {("joined", "device-03"), ("joined", "device-04")} <= set(events.log):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail(f"devices 03 and 04 never joined ahead: {events.log}")
+    await _until(lambda: {("joined", "device-03"), ("joined", "device-04")} <= set(events.log), events)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -133,17 +133,12 @@ async def test_a_rolling_run_contacts_no_device_it_may_skip(six: Fleet, monkeypa
 async def test_the_tenants_tunnel_limit_reached_by_tunnels_opened_ahead_costs_no_row(
     api, platform, devices: Devices, ssh_server, monkeypatch
 ):
-    for device_id in IDS:
-        await devices.add(device_id, ssh_port=ssh_server.port)
+    await devices.add_all(IDS, ssh_port=ssh_server.port)
     platform.max_tunnels = 3  # the pool's 2 sessions + 1: opening 2 more ahead hits the limit
     events = _Events(monkeypatch)
-    fleet = Fleet(api, login=(SSH_USER, SSH_PASSWORD), concurrency=2, max_sessions=2)
-    await fleet.refresh()
-    try:
+    async with open_fleet(api, concurrency=2, max_sessions=2) as fleet:
         with pytest.warns(FleetSizeWarning):
             res = await fleet.run("echo hi", "*", timeout=20)
         assert list(res.df.status) == ["ok"] * 6, res.df[["device_id", "status", "error"]]
         assert set(res.df.stdout) == {"hi\n"}
         assert sorted({d for kind, d in events.log if kind == "joined"}) == IDS
-    finally:
-        await fleet.close("*")

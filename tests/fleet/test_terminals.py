@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.client.test_terminal import PROMPT, Screen
-from tests.conftest import SSH_PASSWORD, SSH_USER, Devices
+from tests.conftest import Devices, device_ids, open_fleet
 from tunnelnb.errors import TerminalError
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.fleet.terminals import open_terminal
@@ -17,14 +17,9 @@ WAIT_S = 20
 
 @pytest.fixture
 async def fleet(api, devices: Devices, ssh_server):
-    for i in range(1, 4):
-        await devices.add(f"device-0{i}", ssh_port=ssh_server.port)
-    f = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
-    await f.refresh()
-    try:
+    await devices.add_all(device_ids(3), ssh_port=ssh_server.port)
+    async with open_fleet(api) as f:
         yield f
-    finally:
-        await f.close("*")
 
 
 async def test_runs_on_other_devices_go_on_and_this_one_says_why_not(fleet: Fleet):

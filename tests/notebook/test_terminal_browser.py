@@ -206,6 +206,42 @@ def type_line(page: Any, text: str) -> None:
     page.keyboard.press("Enter")
 
 
+@contextlib.contextmanager
+def chromium_page(playwright: Any, failure_png: str) -> Iterator[tuple[Any, list[str]]]:
+    """Headless Chromium's page and the console lines it logs; on a failure, a full-page screenshot and them."""
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--no-proxy-server"]
+    )
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60 * MS)
+        console: list[str] = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: console.append(f"page error: {error}"))
+        try:
+            yield page, console
+        except BaseException:
+            OUTPUT.mkdir(exist_ok=True)
+            page.screenshot(path=str(OUTPUT / failure_png), full_page=True)
+            print("the page's console:", *console, sep="\n")
+            raise
+    finally:
+        browser.close()
+
+
+def detach_then_run(page: Any, index: int) -> None:
+    """Detach with the widget's button; then the ``%%tunnel`` cell at ``index``, on the same device, is ok."""
+    page.locator(".tunnelnb-xterm-button").click()
+    page.wait_for_selector(".tunnelnb-xterm[data-phase='detached']", timeout=WAIT_MS)
+    assert status(page) == "detached: device-01's shell is back to %%tunnel cells"
+    page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+    page.evaluate(RUN, [index, "notebook:run-cell"])
+    page.wait_for_function(f"() => ({CELL})({index}).rows.length > 0", timeout=WAIT_MS)
+    result = page.evaluate(CELL, index)
+    assert result["rows"] == [["device-01", "ok"]], result
+    assert "after" in result["output"], result
+
+
 def status(page: Any) -> str:
     return page.locator(".tunnelnb-xterm-status").inner_text()
 
@@ -221,108 +257,88 @@ def test_the_terminal_widget_runs_vi_top_and_ctrl_c_in_jupyterlab(tmp_path: Path
     gate = tmp_path / "gate"
     (root / "terminal.ipynb").write_text(json.dumps(notebook(gate)))
     marker = f"tunnelnb-{secrets.token_hex(4)}"
-    with jupyterlab(tmp_path, root) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--no-proxy-server"]
+    with (
+        jupyterlab(tmp_path, root) as url,
+        sync_playwright() as playwright,
+        chromium_page(playwright, "terminal-failure.png") as (page, _),
+    ):
+        page.goto(url)
+        page.wait_for_selector(".jp-NotebookPanel .jp-Notebook")
+        page.wait_for_function(KERNEL_IDLE, timeout=90 * MS)
+        page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+        page.evaluate(RUN, [3, "notebook:run-all-above"])  # connect, the terminal
+        page.wait_for_selector(".tunnelnb-xterm[data-phase='attached'] .xterm-screen", timeout=WAIT_MS)
+        assert status(page) == "attached to device-01 (128x30)"
+        at_prompt(page)
+        size = page.evaluate("() => { const t = document.querySelector('.tunnelnb-xterm').tunnelnbTerm;"
+                             " return [t.cols, t.rows]; }")  # fmt: skip
+        assert size == [128, 30]
+        page.locator(".tunnelnb-xterm .xterm-screen").click()
+
+        type_line(page, "echo hi")
+        screen_has(page, "^hi$")
+        at_prompt(page)
+
+        type_line(page, f"{VI} /tmp/{marker}.txt")
+        page.wait_for_function(f"() => ({SCREEN})().alternate", timeout=WAIT_MS)  # vi's own screen
+        page.keyboard.press("i")
+        page.keyboard.type("typed in vi, in a notebook: héllo ✓")
+        screen_has(page, "^typed in vi, in a notebook: héllo ✓$")
+        cell = page.locator(".jp-CodeCell", has=page.locator(".tunnelnb-xterm"))
+        cell.scroll_into_view_if_needed()
+        OUTPUT.mkdir(exist_ok=True)
+        cell.screenshot(path=str(SCREENSHOT))
+        if os.environ.get("TUNNELNB_UPDATE_DOCS") == "1":
+            shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)
+        page.keyboard.press("Escape")
+        type_line(page, ":q!")
+        at_prompt(page)
+        assert not Path(f"/tmp/{marker}.txt").exists()  # :q! wrote nothing
+
+        type_line(page, TOP)
+        screen_has(page, "load average", "i")
+        page.keyboard.press("q")
+        at_prompt(page)
+
+        # The program prints before it sleeps: a Ctrl-C sent while the shell starts it could miss it.
+        type_line(page, "sh -c 'echo nap-$((6*7)); exec sleep 30'")
+        screen_has(page, "^nap-42$")
+        page.keyboard.press("Control+c")
+        at_prompt(page)
+        type_line(page, "echo status=$?")
+        screen_has(page, "^status=130$")  # the sleep died of SIGINT
+
+        # A busy kernel: the keys wait in it (the status line says so) and arrive once it is idle.
+        page.evaluate(RUN, [3, "notebook:run-cell"])
+        page.wait_for_function(f"() => !({KERNEL_IDLE})()", timeout=WAIT_MS)
+        page.locator(".tunnelnb-xterm .xterm-screen").click()
+        type_line(page, "echo queued")
+        page.wait_for_function(
+            "() => document.querySelector('.tunnelnb-xterm-busy').textContent === 'kernel busy: 12 keys waiting'",
+            timeout=WAIT_MS,
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60 * MS)
-        console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        page.on("pageerror", lambda error: console.append(f"page error: {error}"))
-        try:
-            page.goto(url)
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook")
-            page.wait_for_function(KERNEL_IDLE, timeout=90 * MS)
-            page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
-            page.evaluate(RUN, [3, "notebook:run-all-above"])  # connect, the terminal
-            page.wait_for_selector(".tunnelnb-xterm[data-phase='attached'] .xterm-screen", timeout=WAIT_MS)
-            assert status(page) == "attached to device-01 (128x30)"
-            at_prompt(page)
-            size = page.evaluate("() => { const t = document.querySelector('.tunnelnb-xterm').tunnelnbTerm;"
-                                 " return [t.cols, t.rows]; }")  # fmt: skip
-            assert size == [128, 30]
-            page.locator(".tunnelnb-xterm .xterm-screen").click()
+        gate.touch()
+        screen_has(page, "^queued$")
+        page.wait_for_function(
+            "() => document.querySelector('.tunnelnb-xterm-busy').textContent === ''", timeout=WAIT_MS
+        )
+        at_prompt(page)
 
-            type_line(page, "echo hi")
-            screen_has(page, "^hi$")
-            at_prompt(page)
+        detach_then_run(page, 4)
 
-            type_line(page, f"{VI} /tmp/{marker}.txt")
-            page.wait_for_function(f"() => ({SCREEN})().alternate", timeout=WAIT_MS)  # vi's own screen
-            page.keyboard.press("i")
-            page.keyboard.type("typed in vi, in a notebook: héllo ✓")
-            screen_has(page, "^typed in vi, in a notebook: héllo ✓$")
-            cell = page.locator(".jp-CodeCell", has=page.locator(".tunnelnb-xterm"))
-            cell.scroll_into_view_if_needed()
-            OUTPUT.mkdir(exist_ok=True)
-            cell.screenshot(path=str(SCREENSHOT))
-            if os.environ.get("TUNNELNB_UPDATE_DOCS") == "1":
-                shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)
-            page.keyboard.press("Escape")
-            type_line(page, ":q!")
-            at_prompt(page)
-            assert not Path(f"/tmp/{marker}.txt").exists()  # :q! wrote nothing
-
-            type_line(page, TOP)
-            screen_has(page, "load average", "i")
-            page.keyboard.press("q")
-            at_prompt(page)
-
-            # The program prints before it sleeps: a Ctrl-C sent while the shell starts it could miss it.
-            type_line(page, "sh -c 'echo nap-$((6*7)); exec sleep 30'")
-            screen_has(page, "^nap-42$")
-            page.keyboard.press("Control+c")
-            at_prompt(page)
-            type_line(page, "echo status=$?")
-            screen_has(page, "^status=130$")  # the sleep died of SIGINT
-
-            # A busy kernel: the keys wait in it (the status line says so) and arrive once it is idle.
-            page.evaluate(RUN, [3, "notebook:run-cell"])
-            page.wait_for_function(f"() => !({KERNEL_IDLE})()", timeout=WAIT_MS)
-            page.locator(".tunnelnb-xterm .xterm-screen").click()
-            type_line(page, "echo queued")
-            page.wait_for_function(
-                "() => document.querySelector('.tunnelnb-xterm-busy').textContent === 'kernel busy: 12 keys waiting'",
-                timeout=WAIT_MS,
-            )
-            gate.touch()
-            screen_has(page, "^queued$")
-            page.wait_for_function(
-                "() => document.querySelector('.tunnelnb-xterm-busy').textContent === ''", timeout=WAIT_MS
-            )
-            at_prompt(page)
-
-            page.locator(".tunnelnb-xterm-button").click()
-            page.wait_for_selector(".tunnelnb-xterm[data-phase='detached']", timeout=WAIT_MS)
-            assert status(page) == "detached: device-01's shell is back to %%tunnel cells"
-            page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
-            page.evaluate(RUN, [4, "notebook:run-cell"])
-            page.wait_for_function(f"() => ({CELL})(4).rows.length > 0", timeout=WAIT_MS)
-            result = page.evaluate(CELL, 4)
-            assert result["rows"] == [["device-01", "ok"]], result
-            assert "after" in result["output"], result
-
-            # The recording, played back in the notebook: the same screen, from the file.
-            page.evaluate(RUN, [5, "notebook:run-cell"])
-            page.wait_for_selector(".tunnelnb-xterm[data-phase='played']", timeout=WAIT_MS)
-            replayed = page.evaluate(
-                """() => { const t = document.querySelectorAll('.tunnelnb-xterm')[1].tunnelnbTerm;
-                    const b = t.buffer.active; const lines = [];
-                    for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true));
-                    return [t.cols, t.rows, lines]; }"""
-            )
-            assert replayed[:2] == [128, 30]
-            assert "status=130" in replayed[2] and "queued" in replayed[2], replayed[2]
-            assert not any("[tunnelnb:" in line for line in replayed[2])  # the device's output only
-            assert (root / CAST).stat().st_mode & 0o777 == 0o600
-            OUTPUT.mkdir(exist_ok=True)
-            page.locator(".jp-CodeCell").nth(4).scroll_into_view_if_needed()
-            page.screenshot(path=str(OUTPUT / "terminal.png"))
-        except BaseException:
-            OUTPUT.mkdir(exist_ok=True)
-            page.screenshot(path=str(OUTPUT / "terminal-failure.png"), full_page=True)
-            print("the page's console:", *console, sep="\n")
-            raise
-        finally:
-            browser.close()
+        # The recording, played back in the notebook: the same screen, from the file.
+        page.evaluate(RUN, [5, "notebook:run-cell"])
+        page.wait_for_selector(".tunnelnb-xterm[data-phase='played']", timeout=WAIT_MS)
+        replayed = page.evaluate(
+            """() => { const t = document.querySelectorAll('.tunnelnb-xterm')[1].tunnelnbTerm;
+                const b = t.buffer.active; const lines = [];
+                for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true));
+                return [t.cols, t.rows, lines]; }"""
+        )
+        assert replayed[:2] == [128, 30]
+        assert "status=130" in replayed[2] and "queued" in replayed[2], replayed[2]
+        assert not any("[tunnelnb:" in line for line in replayed[2])  # the device's output only
+        assert (root / CAST).stat().st_mode & 0o777 == 0o600
+        OUTPUT.mkdir(exist_ok=True)
+        page.locator(".jp-CodeCell").nth(4).scroll_into_view_if_needed()
+        page.screenshot(path=str(OUTPUT / "terminal.png"))

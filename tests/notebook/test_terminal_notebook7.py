@@ -26,11 +26,12 @@ import pytest
 
 from tests.notebook.test_browser import CHROMIUM, KERNEL_IDLE, MS, OUTPUT
 from tests.notebook.test_terminal_browser import (
-    CELL,
     RUN,
     TOP,
     WAIT_MS,
     at_prompt,
+    chromium_page,
+    detach_then_run,
     jupyter_server,
     screen_has,
     status,
@@ -105,55 +106,35 @@ def test_the_terminal_widget_runs_echo_and_top_in_notebook_7(tmp_path: Path) -> 
     root = tmp_path / "work"
     root.mkdir()
     (root / NAME).write_text(json.dumps(notebook()))
-    with notebook7(tmp_path, root) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--no-proxy-server"]
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60 * MS)
-        console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        page.on("pageerror", lambda error: console.append(f"page error: {error}"))
-        try:
-            page.goto(url)
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook")
-            # Notebook 7's shell, not JupyterLab's: the one document is its current widget.
-            assert page.evaluate("() => window.jupyterapp.name") == "Jupyter Notebook"
-            page.wait_for_function(KERNEL_IDLE, timeout=90 * MS)
-            page.evaluate(RUN, [3, "notebook:run-all-above"])  # connect, the terminal
-            page.wait_for_selector(".tunnelnb-xterm[data-phase='attached'] .xterm-screen", timeout=WAIT_MS)
-            assert status(page).startswith("attached to device-01 ("), status(page)
-            at_prompt(page)
-            page.locator(".tunnelnb-xterm .xterm-screen").click()  # focus xterm.js (its hidden textarea)
+    with (
+        notebook7(tmp_path, root) as url,
+        sync_playwright() as playwright,
+        chromium_page(playwright, "terminal-notebook7-failure.png") as (page, console),
+    ):
+        page.goto(url)
+        page.wait_for_selector(".jp-NotebookPanel .jp-Notebook")
+        # Notebook 7's shell, not JupyterLab's: the one document is its current widget.
+        assert page.evaluate("() => window.jupyterapp.name") == "Jupyter Notebook"
+        page.wait_for_function(KERNEL_IDLE, timeout=90 * MS)
+        page.evaluate(RUN, [3, "notebook:run-all-above"])  # connect, the terminal
+        page.wait_for_selector(".tunnelnb-xterm[data-phase='attached'] .xterm-screen", timeout=WAIT_MS)
+        assert status(page).startswith("attached to device-01 ("), status(page)
+        at_prompt(page)
+        page.locator(".tunnelnb-xterm .xterm-screen").click()  # focus xterm.js (its hidden textarea)
 
-            type_line(page, "echo hi")
-            screen_has(page, "^hi$")
-            at_prompt(page)
+        type_line(page, "echo hi")
+        screen_has(page, "^hi$")
+        at_prompt(page)
 
-            type_line(page, TOP)
-            screen_has(page, "load average", "i")
-            page.keyboard.press("q")
-            at_prompt(page)
+        type_line(page, TOP)
+        screen_has(page, "load average", "i")
+        page.keyboard.press("q")
+        at_prompt(page)
 
-            page.locator(".tunnelnb-xterm-button").click()
-            page.wait_for_selector(".tunnelnb-xterm[data-phase='detached']", timeout=WAIT_MS)
-            assert status(page) == "detached: device-01's shell is back to %%tunnel cells"
-            page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
-            page.evaluate(RUN, [3, "notebook:run-cell"])
-            page.wait_for_function(f"() => ({CELL})(3).rows.length > 0", timeout=WAIT_MS)
-            result = page.evaluate(CELL, 3)
-            assert result["rows"] == [["device-01", "ok"]], result
-            assert "after" in result["output"], result
+        detach_then_run(page, 3)
 
-            OUTPUT.mkdir(exist_ok=True)
-            page.locator(".jp-CodeCell", has=page.locator(".tunnelnb-xterm")).scroll_into_view_if_needed()
-            page.screenshot(path=str(SCREENSHOT))
-            errors = [line for line in console if line.startswith(("error:", "page error:"))]
-            assert not [e for e in errors if e not in NOTEBOOK_OWN_ERRORS], "\n".join(errors)
-        except BaseException:
-            OUTPUT.mkdir(exist_ok=True)
-            page.screenshot(path=str(OUTPUT / "terminal-notebook7-failure.png"), full_page=True)
-            print("the page's console:", *console, sep="\n")
-            raise
-        finally:
-            browser.close()
+        OUTPUT.mkdir(exist_ok=True)
+        page.locator(".jp-CodeCell", has=page.locator(".tunnelnb-xterm")).scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOT))
+        errors = [line for line in console if line.startswith(("error:", "page error:"))]
+        assert not [e for e in errors if e not in NOTEBOOK_OWN_ERRORS], "\n".join(errors)

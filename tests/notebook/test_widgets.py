@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from IPython.utils.text import DollarFormatter
 
-from tests.conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices
+from tests.conftest import API_TOKEN, SSH_PASSWORD, SSH_USER, Devices, open_fleet
 from tunnelnb.client.api import PlatformAPI
 from tunnelnb.fleet.fleet import Fleet
 from tunnelnb.fleet.results import STATUS_COLOURS as _STATUS_COLOURS
@@ -41,14 +41,12 @@ async def fleet(api, platform, devices: Devices, ssh_server, tmp_path):
     await devices.add("device-04", ssh_port=ssh_server.port)
     other = ShellServer(users={SSH_USER: "a-different-password"}, cwd=str(tmp_path))
     await other.start()
-    await devices.add("device-05", ssh_port=other.port)
-    platform.add_device("device-06", "never-online", tags={"role": "edge"})
-    f = Fleet(api, login=(SSH_USER, SSH_PASSWORD))
-    await f.refresh()
     try:
-        yield f
+        await devices.add("device-05", ssh_port=other.port)
+        platform.add_device("device-06", "never-online", tags={"role": "edge"})
+        async with open_fleet(api) as f:
+            yield f
     finally:
-        await f.close("*")
         await other.stop()
 
 
